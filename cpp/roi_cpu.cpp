@@ -393,7 +393,7 @@ at::Tensor roi_align_backward_cpu(const at::Tensor& grad, const at::Tensor& rois
   const bool cl = use_channels_last(grad);
   const auto fmt = memory_format_for(cl);
   const auto acc_type = at::toOpMathType(grad.scalar_type());
-  auto grad_acc = at::zeros({batch_size, channels, height, width}, grad.options().dtype(acc_type).memory_format(fmt));
+  auto grad_acc = at::empty({batch_size, channels, height, width}, grad.options().dtype(acc_type), fmt).zero_();
   if (grad.numel() != 0 && grad_acc.numel() != 0) {
     const auto g = grad.contiguous(fmt);
     const auto r = rois.contiguous();
@@ -435,7 +435,7 @@ at::Tensor roi_pool_backward_cpu(const at::Tensor& grad, const at::Tensor& rois,
   const bool cl = use_channels_last(argmax);
   const auto fmt = memory_format_for(cl);
   const auto acc_type = at::toOpMathType(grad.scalar_type());
-  auto grad_acc = at::zeros({batch_size, channels, height, width}, grad.options().dtype(acc_type).memory_format(fmt));
+  auto grad_acc = at::empty({batch_size, channels, height, width}, grad.options().dtype(acc_type), fmt).zero_();
   if (grad.numel() != 0 && grad_acc.numel() != 0) {
     const auto g = grad.contiguous(fmt);
     const auto a = argmax.contiguous(fmt);

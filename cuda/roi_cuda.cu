@@ -291,7 +291,7 @@ at::Tensor roi_align_backward_cuda(const at::Tensor& grad, const at::Tensor& roi
   const auto fmt = memory_format_for(cl);
   const auto acc_type = at::toOpMathType(grad.scalar_type());
   const bool deterministic = at::globalContext().deterministicAlgorithms();
-  auto grad_acc = at::zeros({batch_size, channels, height, width}, grad.options().dtype(acc_type).memory_format(fmt));
+  auto grad_acc = at::empty({batch_size, channels, height, width}, grad.options().dtype(acc_type), fmt).zero_();
   if (grad.numel() != 0 && grad_acc.numel() != 0) {
     const auto g = grad.contiguous(fmt);
     const auto r = rois.contiguous();
@@ -361,7 +361,7 @@ at::Tensor roi_pool_backward_cuda(const at::Tensor& grad, const at::Tensor& rois
   const auto fmt = memory_format_for(cl);
   const auto acc_type = at::toOpMathType(grad.scalar_type());
   const bool deterministic = at::globalContext().deterministicAlgorithms();
-  auto grad_acc = at::zeros({batch_size, channels, height, width}, grad.options().dtype(acc_type).memory_format(fmt));
+  auto grad_acc = at::empty({batch_size, channels, height, width}, grad.options().dtype(acc_type), fmt).zero_();
   if (grad.numel() != 0 && grad_acc.numel() != 0) {
     const auto g = grad.contiguous(fmt);
     const auto a = argmax.contiguous(fmt);

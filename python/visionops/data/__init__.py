@@ -1,0 +1,5 @@
+"""Synthetic data generators: no downloads, everything drawn from a seeded generator."""
+
+from .boxes import random_boxes, random_rois
+
+__all__ = ["random_boxes", "random_rois"]

@@ -1,0 +1,1 @@
+"""Independent float64 oracles, written from the papers' formulas (not from the kernels)."""
