@@ -304,28 +304,26 @@ void roi_pool_forward_impl(const at::Tensor& input, const at::Tensor& rois, at::
   const int64_t s_img = C * H * W, s_c = channels_last ? 1 : H * W, s_px = channels_last ? C : 1;
   const int64_t o_c = channels_last ? 1 : PH * PW, o_bin = channels_last ? C : 1;
 
-  at::parallel_for(0, K * C, 4, [&](int64_t begin, int64_t end) {
-    for (int64_t kc = begin; kc < end; ++kc) {
-      const int64_t k = kc / C, c = kc % C;
+  // bins are computed once per RoI, then reused for every channel
+  at::parallel_for(0, K, 1, [&](int64_t begin, int64_t end) {
+    std::vector<int64_t> rows(2 * PH), cols(2 * PW);
+    for (int64_t k = begin; k < end; ++k) {
       const auto box = make_roi_pool_box<T>(r + k * 5, static_cast<T>(spatial_scale), PH, PW, N);
-      const scalar_t* plane = in + (box.batch < 0 ? 0 : box.batch) * s_img + c * s_c;
-      scalar_t* o = out + k * C * PH * PW + c * o_c;
-      int64_t* a = arg + k * C * PH * PW + c * o_c;
-      for (int64_t ph = 0; ph < PH; ++ph) {
-        int64_t h0 = 0, h1 = 0;
-        box.rows(ph, H, h0, h1);
-        for (int64_t pw = 0; pw < PW; ++pw) {
-          int64_t w0 = 0, w1 = 0;
-          box.cols(pw, W, w0, w1);
-          T best = T(0);
-          int64_t best_index = -1;
-          if (box.batch >= 0) {
-            for (int64_t h = h0; h < h1; ++h)
-              for (int64_t w = w0; w < w1; ++w) max_pool_update(plane[(h * W + w) * s_px], h * W + w, best, best_index);
+      for (int64_t ph = 0; ph < PH; ++ph) box.rows(ph, H, rows[2 * ph], rows[2 * ph + 1]);
+      for (int64_t pw = 0; pw < PW; ++pw) box.cols(pw, W, cols[2 * pw], cols[2 * pw + 1]);
+      if (box.batch < 0) std::fill(rows.begin(), rows.end(), int64_t(0));  // invalid RoI: every bin empty
+      for (int64_t c = 0; c < C; ++c) {
+        const scalar_t* plane = in + (box.batch < 0 ? 0 : box.batch) * s_img + c * s_c;
+        scalar_t* o = out + k * C * PH * PW + c * o_c;
+        int64_t* a = arg + k * C * PH * PW + c * o_c;
+        for (int64_t ph = 0; ph < PH; ++ph) {
+          for (int64_t pw = 0; pw < PW; ++pw) {
+            T best;
+            const int64_t index =
+                window_max(plane, s_px, W, rows[2 * ph], rows[2 * ph + 1], cols[2 * pw], cols[2 * pw + 1], best);
+            o[(ph * PW + pw) * o_bin] = static_cast<scalar_t>(best);
+            a[(ph * PW + pw) * o_bin] = index;
           }
-          // empty bins (and invalid RoIs) give 0 with argmax -1
-          o[(ph * PW + pw) * o_bin] = static_cast<scalar_t>(best_index < 0 ? T(0) : best);
-          a[(ph * PW + pw) * o_bin] = best_index;
         }
       }
     }

@@ -196,8 +196,7 @@ __global__ void roi_pool_forward_kernel(const scalar_t* __restrict__ input, cons
       int64_t h0, h1, w0, w1;
       box.rows(o.row, H, h0, h1);
       box.cols(o.col, W, w0, w1);
-      for (int64_t h = h0; h < h1; ++h)
-        for (int64_t w = w0; w < w1; ++w) max_pool_update(plane[(h * W + w) * sx], h * W + w, best, best_index);
+      best_index = window_max(plane, sx, W, h0, h1, w0, w1, best);
     }
     output[i] = static_cast<scalar_t>(best_index < 0 ? T(0) : best);
     argmax[i] = best_index;

@@ -188,16 +188,33 @@ VISIONOPS_HOST_DEVICE RoiPoolBox<T> make_roi_pool_box(const R* roi, T spatial_sc
   return box;
 }
 
-// Max-pool update: the first maximum wins (as torchvision), but NaN propagates
-// (as torch.max) instead of being skipped.
+// Max over the cells [h0, h1) x [w0, w1) of a plane whose cell (h, w) sits at
+// plane[(h * width + w) * cell_stride]. The first maximum wins (as torchvision);
+// NaN propagates (as torch.max) instead of being skipped. Returns the cell index
+// h * width + w of the result, -1 for an empty window (value then 0).
 template <typename T, typename V>
-VISIONOPS_HOST_DEVICE void max_pool_update(V v, int64_t index, T& best, int64_t& best_index) {
-  const T value = static_cast<T>(v);
-  const bool best_is_nan = !(best == best);
-  if (best_index < 0 || (!best_is_nan && (value > best || !(value == value)))) {
-    best = value;
-    best_index = index;
+VISIONOPS_HOST_DEVICE int64_t window_max(const V* plane, int64_t cell_stride, int64_t width, int64_t h0, int64_t h1,
+                                         int64_t w0, int64_t w1, T& best) {
+  if (h1 <= h0 || w1 <= w0) {
+    best = T(0);
+    return -1;
   }
+  int64_t best_index = h0 * width + w0;
+  best = static_cast<T>(plane[best_index * cell_stride]);
+  if (!(best == best)) return best_index;
+  for (int64_t h = h0; h < h1; ++h) {
+    for (int64_t w = w0; w < w1; ++w) {
+      const T v = static_cast<T>(plane[(h * width + w) * cell_stride]);
+      if (v > best) {
+        best = v;
+        best_index = h * width + w;
+      } else if (!(v == v)) {
+        best = v;
+        return h * width + w;
+      }
+    }
+  }
+  return best_index;
 }
 
 }  // namespace visionops

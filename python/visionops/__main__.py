@@ -1,0 +1,97 @@
+"""Command line: ``python -m visionops {check,bench,demo} ...``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+
+
+def _devices(requested: str | None) -> list[str]:
+    if requested:
+        return [requested]
+    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    import visionops
+    from visionops._check import run_checks
+
+    info = visionops.build_info()
+    print("visionops build:", ", ".join(f"{k}={v}" for k, v in info.items()))
+    print(f"runtime: torch {torch.__version__}, CUDA device: "
+          f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'none'}")
+    rows, ok = run_checks(_devices(args.device))
+    print(f"\n{'op':<12} {'device':<6} {'reference':<22} {'max error':>10} {'tolerance':>10}  result")
+    for op, device, ref, err, tol, passed in rows:
+        print(f"{op:<12} {device:<6} {ref:<22} {err:>10.2e} {tol:>10.1e}  {'PASS' if passed else 'FAIL'}")
+    print(f"\n{sum(r[-1] for r in rows)}/{len(rows)} checks passed")
+    return 0 if ok else 1
+
+
+def _progress(desc: str):
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return lambda total: tqdm(total=total, desc=desc, unit="case", file=sys.stderr)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from visionops.benchmarks import FAMILIES
+    from visionops.benchmarks.report import run_report
+
+    families = [args.family] if args.family else FAMILIES
+    unknown = [f for f in families if f not in FAMILIES]
+    if unknown:
+        print(f"unknown family {unknown}; choose from {FAMILIES}", file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    status = 0
+    for device in _devices(args.device):
+        markdown, _, md_path, png_path = run_report(
+            families, device, args.quick, args.out, _progress(f"bench {device}")
+        )
+        print(markdown)
+        for path in (md_path, png_path):
+            if path:
+                print(f"wrote {path}")
+    return status
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    status = cmd_check(argparse.Namespace(device=None))
+    print("\nShort side-by-side timing (quick sizes; full run: python -m visionops bench)\n")
+    cmd_bench(argparse.Namespace(family=None, device=None, quick=True, out=args.out, threads=None))
+    return status
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m visionops", description="visionops command line")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("check", help="build info + every op against its reference (exit 1 on failure)")
+    p.add_argument("--device", choices=["cpu", "cuda"], help="only this device (default: all available)")
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("bench", help="time every op against its peer; write a Markdown table and a PNG")
+    p.add_argument("--family", help="only this op family (default: all)")
+    p.add_argument("--device", choices=["cpu", "cuda"], help="only this device (default: all available)")
+    p.add_argument("--quick", action="store_true", help="small sizes, for a fast smoke run")
+    p.add_argument("--out", default=os.path.join("bench", "results"), help="folder for the .md and .png")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("demo", help="check, then a short benchmark")
+    p.add_argument("--out", default=None, help="folder for the benchmark's .md and .png (default: none)")
+    p.set_defaults(func=cmd_demo)
+
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

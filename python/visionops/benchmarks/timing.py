@@ -1,0 +1,45 @@
+"""Side-by-side timing: median of repeated runs, CUDA synchronised."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any, Callable
+
+import torch
+
+
+def synchronized(fn: Callable[[], Any], device: str) -> Callable[[], Any]:
+    if device.startswith("cuda"):
+
+        def run():
+            out = fn()
+            torch.cuda.synchronize()
+            return out
+
+        return run
+    return fn
+
+
+def median_time(fn: Callable[[], Any], device: str, min_runs: int = 5, min_seconds: float = 0.2, warmup: int = 2) -> float:
+    """Median wall time of one call, in seconds."""
+    run = synchronized(fn, device)
+    for _ in range(warmup):
+        run()
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < min_runs or (time.perf_counter() - start < min_seconds and len(times) < 1000):
+        t0 = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def device_bandwidth(device: str) -> float | None:
+    """Achievable memory bandwidth (bytes/s) from a large device-to-device copy."""
+    if not device.startswith("cuda"):
+        return None
+    src = torch.empty(256 * 1024 * 1024, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    seconds = median_time(lambda: dst.copy_(src), device, min_runs=10)
+    return 2 * src.numel() / seconds
