@@ -35,6 +35,8 @@ VISIONOPS_HOST_DEVICE bool bilinear_axis(T pos, int64_t size, int64_t& low, int6
 
 // The sampling layout of one RoI along one axis: bin p's samples sit at
 // start + p * bin + (i + 0.5) * bin / grid for i in [0, grid).
+constexpr int64_t kSmallGrid = 64;
+
 template <typename T>
 struct RoiAlignAxis {
   T start;
@@ -52,7 +54,9 @@ struct RoiAlignAxis {
   VISIONOPS_HOST_DEVICE void valid_range(int64_t p, int64_t size, int64_t& first, int64_t& last) const {
     first = 0;
     last = grid;
-    if (grid <= 0 || bin == T(0)) return;
+    // small grids (every real RoI) are visited whole; bilinear_axis() rejects
+    // outside samples, and double-precision work is kept off the hot path
+    if (grid <= kSmallGrid || bin == T(0)) return;
     const double base = static_cast<double>(start) + static_cast<double>(p) * static_cast<double>(bin);
     const double step = static_cast<double>(bin) / static_cast<double>(grid);
     double lo = (-1.0 - base) / step - 0.5;
