@@ -69,18 +69,13 @@ __device__ __forceinline__ index_t ravel(Index4<index_t> r, index_t C, index_t r
                        : ((r.outer * C + r.c) * rows + r.row) * cols + r.col;
 }
 
-// NCHW kernels give each thread kGroup channels of one output bin: the sample
-// positions and bilinear weights are computed once and reused for every channel.
-// channels_last kernels give each thread one channel (consecutive threads read
-// consecutive channels: coalesced).
+// Each thread computes kGroup channels of one output bin: the sample positions
+// and bilinear weights are computed once and reused for every channel. In
+// channels_last the group is kGroup consecutive channels and consecutive threads
+// take consecutive groups, so a warp reads 128 contiguous channels per tap.
 constexpr int kGroup = 4;
 // widest bin (in cells per axis) whose weights the backward folds in registers
 constexpr int kSpan = 6;
-
-template <bool kChannelsLast>
-constexpr int group_size() {
-  return kChannelsLast ? 1 : kGroup;
-}
 
 // ---------------------------------------------------------------- RoIAlign
 
@@ -113,9 +108,10 @@ __global__ void roi_align_forward_kernel(const scalar_t* __restrict__ input, con
                                          at::opmath_type<scalar_t> spatial_scale, int64_t sampling_ratio,
                                          bool aligned) {
   using T = at::opmath_type<scalar_t>;
-  constexpr int G = group_size<kChannelsLast>();
-  const index_t groups = (C + G - 1) / G;  // channel groups (== C for channels_last)
-  const index_t sy = kChannelsLast ? W * C : W, sx = kChannelsLast ? C : 1, plane_stride = H * W;
+  constexpr int G = kGroup;
+  const index_t groups = (C + G - 1) / G;
+  const index_t sy = kChannelsLast ? W * C : W, sx = kChannelsLast ? C : 1;
+  const index_t channel_step = kChannelsLast ? 1 : H * W;  // from channel c to c + 1
   VISIONOPS_GRID_STRIDE_LOOP(i, total) {
     const auto o = unravel<kChannelsLast>(static_cast<index_t>(i), groups, PH, PW);
     const index_t c0 = o.c * G;
@@ -125,7 +121,7 @@ __global__ void roi_align_forward_kernel(const scalar_t* __restrict__ input, con
     for (int j = 0; j < G; ++j) acc[j] = T(0);
     if (box.batch >= 0) {
       const index_t b = static_cast<index_t>(box.batch);
-      const scalar_t* plane = input + (kChannelsLast ? b * H * W * C + c0 : (b * C + c0) * plane_stride);
+      const scalar_t* plane = input + (kChannelsLast ? b * H * W * C + c0 : (b * C + c0) * channel_step);
       const int n = C - c0 < G ? static_cast<int>(C - c0) : G;
       for_each_roi_align_tap<T, index_t>(
           box, o.row, o.col, H, W, sy, sx,
@@ -133,7 +129,7 @@ __global__ void roi_align_forward_kernel(const scalar_t* __restrict__ input, con
 #pragma unroll
             for (int j = 0; j < G; ++j) {
               if (j < n) {
-                const scalar_t* p = plane + j * plane_stride;
+                const scalar_t* p = plane + j * channel_step;
                 acc[j] += wa * static_cast<T>(p[a]) + wd * static_cast<T>(p[d]) + we * static_cast<T>(p[e]) +
                           wf * static_cast<T>(p[f]);
               }
@@ -157,9 +153,10 @@ __global__ void roi_align_backward_atomic_kernel(const scalar_t* __restrict__ gr
                                                  at::opmath_type<scalar_t> spatial_scale, int64_t sampling_ratio,
                                                  bool aligned) {
   using T = at::opmath_type<scalar_t>;
-  constexpr int G = group_size<kChannelsLast>();
+  constexpr int G = kGroup;
   const index_t groups = (C + G - 1) / G;
-  const index_t sy = kChannelsLast ? W * C : W, sx = kChannelsLast ? C : 1, plane_stride = H * W;
+  const index_t sy = kChannelsLast ? W * C : W, sx = kChannelsLast ? C : 1;
+  const index_t channel_step = kChannelsLast ? 1 : H * W;  // from channel c to c + 1
   VISIONOPS_GRID_STRIDE_LOOP(i, total) {
     const auto o = unravel<kChannelsLast>(static_cast<index_t>(i), groups, PH, PW);
     const index_t c0 = o.c * G;
@@ -173,7 +170,7 @@ __global__ void roi_align_backward_atomic_kernel(const scalar_t* __restrict__ gr
       g[j] = j < n ? static_cast<T>(grad[ravel<kChannelsLast>(at, C, PH, PW)]) / box.count : T(0);
     }
     const index_t b = static_cast<index_t>(box.batch);
-    T* plane = grad_input + (kChannelsLast ? b * H * W * C + c0 : (b * C + c0) * plane_stride);
+    T* plane = grad_input + (kChannelsLast ? b * H * W * C + c0 : (b * C + c0) * channel_step);
     // Atomics dominate this kernel: fold each axis' samples into per-cell weights
     // first, so a bin costs (rows x cols) atomics (typically 4-9) instead of 4 per
     // sample (16 with sampling_ratio 2).
@@ -191,7 +188,7 @@ __global__ void roi_align_backward_atomic_kernel(const scalar_t* __restrict__ gr
           const index_t cell = row + static_cast<index_t>(xs.first + bb) * sx;
 #pragma unroll
           for (int j = 0; j < G; ++j)
-            if (j < n) gpuAtomicAdd(plane + j * plane_stride + cell, g[j] * w);
+            if (j < n) gpuAtomicAdd(plane + j * channel_step + cell, g[j] * w);
         }
       }
       continue;
@@ -201,7 +198,7 @@ __global__ void roi_align_backward_atomic_kernel(const scalar_t* __restrict__ gr
 #pragma unroll
                                          for (int j = 0; j < G; ++j) {
                                            if (j < n) {
-                                             T* p = plane + j * plane_stride;
+                                             T* p = plane + j * channel_step;
                                              gpuAtomicAdd(p + a, g[j] * wa);
                                              gpuAtomicAdd(p + d, g[j] * wd);
                                              gpuAtomicAdd(p + e, g[j] * we);
@@ -374,7 +371,7 @@ at::Tensor roi_align_forward_cuda(const at::Tensor& input, const at::Tensor& roi
   if (input.numel() == 0) return output.zero_();
   const auto in = input.contiguous(fmt);
   const auto r = rois.contiguous();
-  const int64_t C = in.size(1), G = cl ? 1 : kGroup;
+  const int64_t C = in.size(1), G = kGroup;
   const int64_t total = r.size(0) * ((C + G - 1) / G) * pooled_height * pooled_width;
   auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "roi_align_forward_cuda", [&] {
@@ -404,7 +401,7 @@ at::Tensor roi_align_backward_cuda(const at::Tensor& grad, const at::Tensor& roi
   if (grad.numel() != 0 && grad_acc.numel() != 0) {
     const auto g = grad.contiguous(fmt);
     const auto r = rois.contiguous();
-    const int64_t G = cl ? 1 : kGroup;
+    const int64_t G = kGroup;
     auto stream = at::cuda::getCurrentCUDAStream();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "roi_align_backward_cuda", [&] {
       using T = at::opmath_type<scalar_t>;
