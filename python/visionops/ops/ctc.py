@@ -174,6 +174,11 @@ def ctc_greedy_decode(log_probs: Tensor, input_lengths: Lengths, blank: int = 0)
     lengths = _as_lengths(input_lengths, "input_lengths", op, log_probs.device)
     if lengths.numel() != n:
         raise ValueError(f"{op}: input_lengths must hold N = {n} lengths, got {lengths.numel()}")
+    if lengths.device.type == "cpu" and not torch.compiler.is_compiling():
+        bad = ((lengths < 0) | (lengths > t)).nonzero()
+        if bad.numel():
+            b = int(bad[0, 0])
+            raise ValueError(f"{op}: input_lengths[{b}] = {int(lengths[b])} must lie in [0, T] = [0, {t}]")
     if t == 0 or n == 0:
         out = [torch.zeros(0, dtype=torch.long, device=log_probs.device) for _ in range(n)]
         return out[0] if unbatched else out
