@@ -99,6 +99,15 @@ using ctc::neg_inf;
 
 at::ScalarType acc_type_of(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
+template <typename scalar_t, typename acc_t>
+inline void gather_emissions(const scalar_t* row, const scalar_t* next_row, const int64_t* z, int64_t count,
+                             acc_t* emit) {
+  for (int64_t s = 0; s < count; ++s) emit[s] = acc_t(row[z[s]]);
+  if (next_row != nullptr) {
+    for (int64_t s = 0; s < count; s += 2) __builtin_prefetch(next_row + z[s + 1 < count ? s + 1 : s]);
+  }
+}
+
 // ---------------------------------------------------------------- loss forward
 
 std::tuple<at::Tensor, at::Tensor> ctc_loss_forward_cpu(const at::Tensor& log_probs_, const at::Tensor& targets_,
@@ -129,6 +138,8 @@ std::tuple<at::Tensor, at::Tensor> ctc_loss_forward_cpu(const at::Tensor& log_pr
     acc_t* la_all = log_alpha.data_ptr<acc_t>();
     scalar_t* out = nll.data_ptr<scalar_t>();
     at::parallel_for(0, N, 1, [&](int64_t b0, int64_t b1) {
+      std::vector<int64_t> z(Sp);
+      std::vector<acc_t> emit(Sp);
       for (int64_t b = b0; b < b1; ++b) {
         const int64_t Tb = ilp[b], L = tlp[b], s_len = 2 * L + 1;
         const int64_t* target = tg + off[b];
@@ -141,15 +152,18 @@ std::tuple<at::Tensor, at::Tensor> ctc_loss_forward_cpu(const at::Tensor& log_pr
           const scalar_t* row0 = lp + b * C;
           la[0] = acc_t(row0[blank]);
           if (L > 0) la[1] = acc_t(row0[target[0]]);
+          for (int64_t s = 0; s < s_len; ++s) z[s] = ctc::extended_label(target, s, blank);
           for (int64_t t = 1; t < Tb; ++t) {
             const scalar_t* lpt = lp + (t * N + b) * C;
             acc_t* cur = la + t * Sp;
             const acc_t* prev = cur - Sp;
             // positions >= 2(t + 1) cannot be reached yet and stay -inf
             const int64_t s_end = std::min(s_len, 2 * (t + 1));
-            for (int64_t s = 0; s < s_end; ++s) {
-              cur[s] = ctc::alpha_cell(prev, target, s, acc_t(lpt[ctc::extended_label(target, s, blank)]));
-            }
+            // the emissions are scattered over a row of C classes: load them in
+            // one tight loop (independent cache misses overlap) and prefetch the
+            // next step's, then run the recursion on the gathered values
+            gather_emissions(lpt, t + 1 < Tb ? lpt + N * C : nullptr, z.data(), s_end, emit.data());
+            for (int64_t s = 0; s < s_end; ++s) cur[s] = ctc::alpha_cell(prev, target, s, emit[s]);
           }
           result = ctc::nll_from_last_row(la + (Tb - 1) * Sp, L);
         }
@@ -212,7 +226,8 @@ at::Tensor ctc_loss_backward_cpu(const at::Tensor& grad_, const at::Tensor& log_
     scalar_t* out = grad_lp.data_ptr<scalar_t>();
     constexpr acc_t inf = std::numeric_limits<acc_t>::infinity();
     at::parallel_for(0, N, 1, [&](int64_t b0, int64_t b1) {
-      std::vector<acc_t> beta, occupancy;
+      std::vector<acc_t> beta, emit, occ_max, occ_sum;
+      std::vector<int64_t> z;
       std::vector<int64_t> first;  // first position s' <= s with z_s' == z_s
       std::unordered_map<int64_t, int64_t> seen;
       for (int64_t b = b0; b < b1; ++b) {
@@ -245,28 +260,42 @@ at::Tensor ctc_loss_backward_cpu(const at::Tensor& grad_, const at::Tensor& log_
         for (int64_t s = 1; s < s_len; s += 2) {
           first[s] = seen.try_emplace(target[s >> 1], s).first->second;
         }
+        z.resize(s_len);
+        for (int64_t s = 0; s < s_len; ++s) z[s] = ctc::extended_label(target, s, blank);
         beta.assign(2 * s_len, neg_inf<acc_t>());
-        occupancy.assign(s_len, neg_inf<acc_t>());
+        emit.resize(s_len);
+        occ_max.assign(s_len, neg_inf<acc_t>());
+        occ_sum.assign(s_len, acc_t(0));
         for (int64_t t = Tb - 1; t >= 0; --t) {
           const scalar_t* lpt = lp + (t * N + b) * C;
           acc_t* cur = beta.data() + (t & 1) * s_len;
           const acc_t* next = beta.data() + ((t + 1) & 1) * s_len;
           const acc_t* alpha = la + t * Sp;
+          gather_emissions(lpt, t > 0 ? lpt - N * C : nullptr, z.data(), s_len, emit.data());
           for (int64_t s = 0; s < s_len; ++s) {
-            const acc_t lps = acc_t(lpt[ctc::extended_label(target, s, blank)]);
-            cur[s] = t == Tb - 1 ? (s >= s_len - 2 ? lps : neg_inf<acc_t>())
-                                 : ctc::beta_cell(next, target, s, s_len, lps);
-            acc_t& occ = occupancy[first[s]];
-            occ = ctc::log_add_exp(occ, alpha[s] + cur[s]);
+            cur[s] = t == Tb - 1 ? (s >= s_len - 2 ? emit[s] : neg_inf<acc_t>())
+                                 : ctc::beta_cell(next, target, s, s_len, emit[s]);
+            // alpha + beta, reused as scratch; the occupancy of each distinct
+            // label is a log-sum-exp over its positions: max first, then sum
+            const acc_t v = alpha[s] + cur[s];
+            emit[s] = v;
+            acc_t& m = occ_max[first[s]];
+            if (v > m) m = v;
+          }
+          for (int64_t s = 0; s < s_len; ++s) {
+            const acc_t m = occ_max[first[s]];
+            if (m != neg_inf<acc_t>()) occ_sum[first[s]] += ctc::exp_(emit[s] - m);
           }
           scalar_t* row = out + (t * N + b) * C;
           for (int64_t s = 0; s < s_len; ++s) {
             if (first[s] != s) continue;
-            if (occupancy[s] != neg_inf<acc_t>()) {
-              const int64_t z = ctc::extended_label(target, s, blank);
-              row[z] = static_cast<scalar_t>(ctc::grad_cell(acc_t(lpt[z]), occupancy[s], nll, g));
+            if (occ_max[s] != neg_inf<acc_t>()) {
+              const int64_t c = z[s];
+              const acc_t occupancy = occ_max[s] + ctc::log_(occ_sum[s]);
+              row[c] = static_cast<scalar_t>(ctc::grad_cell(acc_t(lpt[c]), occupancy, nll, g));
             }
-            occupancy[s] = neg_inf<acc_t>();
+            occ_max[s] = neg_inf<acc_t>();
+            occ_sum[s] = acc_t(0);
           }
         }
       }

@@ -25,8 +25,17 @@ VISIONOPS_HOST_DEVICE T neg_inf() {
   return -std::numeric_limits<T>::infinity();
 }
 
-template <typename T>
-VISIONOPS_HOST_DEVICE T exp_(T v) {
+// float and double overloads: on the device ::expf / ::logf, never a silent
+// promotion of float to double
+VISIONOPS_HOST_DEVICE float exp_(float v) {
+#if defined(__CUDA_ARCH__)
+  return ::expf(v);
+#else
+  return std::exp(v);
+#endif
+}
+
+VISIONOPS_HOST_DEVICE double exp_(double v) {
 #if defined(__CUDA_ARCH__)
   return ::exp(v);
 #else
@@ -34,8 +43,15 @@ VISIONOPS_HOST_DEVICE T exp_(T v) {
 #endif
 }
 
-template <typename T>
-VISIONOPS_HOST_DEVICE T log_(T v) {
+VISIONOPS_HOST_DEVICE float log_(float v) {
+#if defined(__CUDA_ARCH__)
+  return ::logf(v);
+#else
+  return std::log(v);
+#endif
+}
+
+VISIONOPS_HOST_DEVICE double log_(double v) {
 #if defined(__CUDA_ARCH__)
   return ::log(v);
 #else
@@ -51,14 +67,22 @@ VISIONOPS_HOST_DEVICE T log_add_exp(T a, T b) {
   return m + log_(exp_(a - m) + exp_(b - m));
 }
 
-// log(exp(a) + exp(b) + exp(c)) with the max shifted out, as torch's kernels
-// write it (a -inf max contributes 0 so that all -inf stays -inf, not NaN).
+// log(exp(a) + exp(b) + exp(c)) with the max shifted out (its own term is
+// exactly 1: two exps and a log per cell); all -inf stays -inf, never NaN.
 template <typename T>
 VISIONOPS_HOST_DEVICE T log_sum_exp3(T a, T b, T c) {
-  T m = a > b ? a : b;
-  m = m > c ? m : c;
-  if (m == neg_inf<T>()) return m;
-  return m + log_(exp_(a - m) + exp_(b - m) + exp_(c - m));
+  if (a < b) {
+    const T tmp = a;
+    a = b;
+    b = tmp;
+  }
+  if (a < c) {
+    const T tmp = a;
+    a = c;
+    c = tmp;
+  }
+  if (a == neg_inf<T>()) return a;
+  return a + log_(T(1) + exp_(b - a) + exp_(c - a));
 }
 
 // Label z_s of the extended sequence; `target` points at this sample's labels.
