@@ -296,7 +296,8 @@ def test_backward_is_deterministic(device):
     case = dict(t=50, c=30, blank=0, targets=[[1, 2, 2, 3] * 5] * 4, input_lengths=[50, 45, 41, 30], seed=9)
     log_probs, targets, il, tl = make_inputs(case, dtype=torch.float32, device=device)
     torch.use_deterministic_algorithms(True)
-    grads = [both((targets, il, tl), "mean", False, 0, log_probs)[0][1] for _ in range(2)]
+    # (torch's CUDA ctc backward refuses deterministic mode; ours has no atomics)
+    grads = [both((targets, il, tl), "mean", False, 0, log_probs, fns=(ops.ctc_loss,))[0][1] for _ in range(2)]
     assert torch.equal(grads[0], grads[1])
 
 
@@ -318,9 +319,13 @@ def test_empty_and_degenerate_inputs(device):
     log_probs = torch.randn(6, 2, 3, dtype=torch.float64, device=device).log_softmax(2)
     for targets in (torch.zeros(2, 0, dtype=torch.long), torch.zeros(0, dtype=torch.long)):
         torch.testing.assert_close(
-            ops.ctc_loss(log_probs, targets.to(device), [6, 4], [0, 0], reduction="none"),
-            F.ctc_loss(log_probs, targets.to(device), [6, 4], [0, 0], reduction="none"),
+            ops.ctc_loss(log_probs, targets.to(device), [6, 4], [0, 0], reduction="none").cpu(),
+            F.ctc_loss(log_probs.cpu(), targets, [6, 4], [0, 0], reduction="none"),
         )
+        # all-blank target: -log prod_t p_t(blank)
+        expected = -log_probs[:4, 1, 0].sum()
+        torch.testing.assert_close(ops.ctc_loss(log_probs, targets.to(device), [6, 4], [0, 0], reduction="none")[1],
+                                   expected)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -335,6 +340,42 @@ def test_feasible_alignment_is_finite_where_probabilities_underflow(device):
     loss = ops.ctc_loss(log_probs, targets, [t] * 4, [60] * 4, reduction="none")
     assert torch.isfinite(loss).all() and (loss > 1e4).all()
     torch.testing.assert_close(loss, F.ctc_loss(log_probs.double(), targets, [t] * 4, [60] * 4, reduction="none").float())
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device")
+def test_cudnn_eligible_inputs_with_thousands_of_classes_stay_finite():
+    # the inputs torch sends to cuDNN (float32, CPU int32 targets, full input
+    # lengths, blank 0), with a large peaked vocabulary: the linear-space cuDNN
+    # kernel is known to return NaN there (pytorch #21680); ours stays in log space
+    g = torch.Generator().manual_seed(13)
+    t, n, c, s = 100, 4, 5000, 20
+    log_probs = (torch.randn(t, n, c, generator=g) * 12).log_softmax(2).cuda()
+    targets = torch.randint(1, c, (n, s), generator=g).int()
+    il, tl = torch.full((n,), t, dtype=torch.int32), torch.full((n,), s, dtype=torch.int32)
+    x = log_probs.clone().requires_grad_(True)
+    loss = ops.ctc_loss(x, targets, il, tl, reduction="none")
+    loss.sum().backward()
+    assert torch.isfinite(loss).all() and torch.isfinite(x.grad).all()
+    x64 = log_probs.double().requires_grad_(True)
+    ref64 = F.ctc_loss(x64, targets.long().cuda(), il, tl, reduction="none")  # native float64 kernel
+    ref64.sum().backward()
+    torch.testing.assert_close(loss.double(), ref64, rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(x.grad.double(), x64.grad, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_non_contiguous_batch_first_log_probs(device):
+    # CRNN code often produces [N, T, C] and transposes: a strided view
+    case = dict(t=14, c=6, blank=0, targets=[[1, 2, 2], [5, 4]], input_lengths=[14, 11], seed=14)
+    log_probs, targets, il, tl = make_inputs(case, device=device)
+    view = log_probs.transpose(0, 1).contiguous().transpose(0, 1).requires_grad_(True)
+    assert not view.is_contiguous()
+    loss = ops.ctc_loss(view, targets, il, tl)
+    loss.backward()
+    (loss_ref, grad_ref), _ = both((targets, il, tl), "mean", False, 0, log_probs)
+    torch.testing.assert_close(loss.detach(), loss_ref, **FP64_TOL)
+    torch.testing.assert_close(view.grad, grad_ref, **FP64_TOL)
 
 
 @pytest.mark.parametrize("device", DEVICES)
