@@ -360,8 +360,10 @@ def test_cudnn_eligible_inputs_with_thousands_of_classes_stay_finite():
     x64 = log_probs.double().requires_grad_(True)
     ref64 = F.ctc_loss(x64, targets.long().cuda(), il, tl, reduction="none")  # native float64 kernel
     ref64.sum().backward()
-    torch.testing.assert_close(loss.double(), ref64, rtol=1e-4, atol=1e-3)
-    torch.testing.assert_close(x.grad.double(), x64.grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(loss.double(), ref64, rtol=1e-5, atol=1e-3)
+    # the gradient's exponent carries the loss (~3500) in float32: one ulp of it
+    # (2.4e-4) is a relative error of the gradient; allow a few (CPU measures 1.8e-3)
+    torch.testing.assert_close(x.grad.double(), x64.grad, rtol=0, atol=5e-3)
 
 
 @pytest.mark.parametrize("device", DEVICES)
