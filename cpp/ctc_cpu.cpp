@@ -310,9 +310,10 @@ at::Tensor ctc_loss_backward_cpu(const at::Tensor& grad_, const at::Tensor& log_
 // prefixes. Each prefix carries log P(prefix, path ends in blank) and
 // log P(prefix, path ends in a label). Pruning to beam_width is exact with
 // respect to the unpruned step: a prefix that is not in the current beam can
-// only be reached from its parent, so per beam entry only the beam_width most
-// likely classes of step t, its own last label, and the beam entries that are
-// its children can enter the next beam.
+// only be reached from its parent, so per beam entry only the beam_width + 1
+// most likely classes of step t, its own last label, and the beam entries that
+// are its children can enter the next beam (the others are each outranked by at
+// least beam_width of their siblings).
 struct BeamEntry {
   int64_t node;
   double blank, label;  // log probabilities
@@ -339,12 +340,14 @@ void beam_search_one(const double* lp, int64_t stride_t, int64_t Tb, int64_t C, 
   std::vector<char> top(C);
   for (int64_t t = 0; t < Tb; ++t) {
     const double* row = lp + t * stride_t;
-    // the beam_width most likely non-blank classes of this step
+    // the beam_width + 1 most likely non-blank classes of this step (one more
+    // than the beam: extending an entry by its own last label scores only its
+    // blank-ending part, so that child may not dominate the others)
     order.clear();
     for (int64_t c = 0; c < C; ++c) {
       if (c != blank) order.push_back(c);
     }
-    const int64_t k = std::min<int64_t>(beam_width, static_cast<int64_t>(order.size()));
+    const int64_t k = std::min<int64_t>(beam_width + 1, static_cast<int64_t>(order.size()));
     std::partial_sort(order.begin(), order.begin() + k, order.end(),
                       [&](int64_t a, int64_t b) { return row[a] > row[b] || (row[a] == row[b] && a < b); });
     std::fill(top.begin(), top.end(), 0);

@@ -511,6 +511,18 @@ def test_beam_search_score_is_log_probability_of_its_labelling(case, beam_width)
         assert 0 <= len(seq) <= il[i]
 
 
+@given(case=ctc_cases(max_t=14, max_n=2, max_c=7, max_s=1), beam_width=st.integers(1, 5))
+def test_beam_search_matches_plain_prefix_beam_search(case, beam_width):
+    # the kernel extends each entry by only beam_width + 1 classes per step;
+    # the plain search extends by every class: the kept beams must agree
+    log_probs, _, il, _ = make_inputs(case)
+    seqs, scores = ops.ctc_beam_search_decode(log_probs, il, beam_width=beam_width, blank=case["blank"])
+    for i in range(len(seqs)):
+        best, score = ref.prefix_beam_search(log_probs[: il[i], i].numpy(), beam_width, case["blank"])
+        assert tuple(seqs[i].tolist()) == best
+        assert math.isclose(scores[i].item(), score, rel_tol=1e-9, abs_tol=1e-12)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_decoders_unbatched_and_devices(device):
     lp = torch.eye(4)[[1, 1, 0, 1, 2, 2, 0]].clamp_min(1e-3).log().to(device)

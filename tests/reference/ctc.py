@@ -119,3 +119,32 @@ def brute_force_best_labelling(lp: np.ndarray, blank: int):
         scores[key] = _lse(scores.get(key, NEG_INF), sum(lp[t, c] for t, c in enumerate(path)))
     best = max(scores.items(), key=lambda kv: kv[1])
     return best[0], best[1], scores
+
+
+def prefix_beam_search(lp: np.ndarray, beam_width: int, blank: int):
+    """Plain CTC prefix beam search (every prefix extended by every class, then
+    the beam_width most likely kept): (best labelling, its beam log-probability)."""
+    beam = {(): (0.0, NEG_INF)}  # prefix -> (log p ending in blank, log p ending in a label)
+    for t in range(lp.shape[0]):
+        nxt: dict[tuple, list] = {}
+
+        def add(prefix, pb, pnb):
+            cur = nxt.setdefault(prefix, [NEG_INF, NEG_INF])
+            cur[0] = _lse(cur[0], pb)
+            cur[1] = _lse(cur[1], pnb)
+
+        for prefix, (pb, pnb) in beam.items():
+            total = _lse(pb, pnb)
+            for c in range(lp.shape[1]):
+                p = lp[t, c]
+                if c == blank:
+                    add(prefix, total + p, NEG_INF)
+                elif prefix and c == prefix[-1]:
+                    add(prefix, NEG_INF, pnb + p)
+                    add(prefix + (c,), NEG_INF, pb + p)
+                else:
+                    add(prefix + (c,), NEG_INF, total + p)
+        ranked = sorted(nxt.items(), key=lambda kv: -_lse(*kv[1]))[:beam_width]
+        beam = {k: tuple(v) for k, v in ranked}
+    best = max(beam.items(), key=lambda kv: _lse(*kv[1]))
+    return best[0], _lse(*best[1])
