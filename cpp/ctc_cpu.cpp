@@ -100,11 +100,11 @@ using ctc::neg_inf;
 at::ScalarType acc_type_of(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
 template <typename scalar_t, typename acc_t>
-inline void gather_emissions(const scalar_t* row, const scalar_t* next_row, const int64_t* z, int64_t count,
-                             acc_t* emit) {
-  for (int64_t s = 0; s < count; ++s) emit[s] = acc_t(row[z[s]]);
+inline void gather_emissions(const scalar_t* row, const scalar_t* next_row, const int64_t* z, int64_t begin,
+                             int64_t end, acc_t* emit) {
+  for (int64_t s = begin; s < end; ++s) emit[s] = acc_t(row[z[s]]);
   if (next_row != nullptr) {
-    for (int64_t s = 0; s < count; s += 2) __builtin_prefetch(next_row + z[s + 1 < count ? s + 1 : s]);
+    for (int64_t s = begin; s < end; s += 2) __builtin_prefetch(next_row + z[s + 1 < end ? s + 1 : s]);
   }
 }
 
@@ -157,13 +157,13 @@ std::tuple<at::Tensor, at::Tensor> ctc_loss_forward_cpu(const at::Tensor& log_pr
             const scalar_t* lpt = lp + (t * N + b) * C;
             acc_t* cur = la + t * Sp;
             const acc_t* prev = cur - Sp;
-            // positions >= 2(t + 1) cannot be reached yet and stay -inf
-            const int64_t s_end = std::min(s_len, 2 * (t + 1));
+            // positions outside the window are on no complete path and stay -inf
+            const int64_t s_begin = ctc::window_begin(s_len, Tb, t), s_end = ctc::window_end(s_len, t);
             // the emissions are scattered over a row of C classes: load them in
             // one tight loop (independent cache misses overlap) and prefetch the
             // next step's, then run the recursion on the gathered values
-            gather_emissions(lpt, t + 1 < Tb ? lpt + N * C : nullptr, z.data(), s_end, emit.data());
-            for (int64_t s = 0; s < s_end; ++s) cur[s] = ctc::alpha_cell(prev, target, s, emit[s]);
+            gather_emissions(lpt, t + 1 < Tb ? lpt + N * C : nullptr, z.data(), s_begin, s_end, emit.data());
+            for (int64_t s = s_begin; s < s_end; ++s) cur[s] = ctc::alpha_cell(prev, target, s, emit[s]);
           }
           result = ctc::nll_from_last_row(la + (Tb - 1) * Sp, L);
         }
@@ -271,8 +271,12 @@ at::Tensor ctc_loss_backward_cpu(const at::Tensor& grad_, const at::Tensor& log_
           acc_t* cur = beta.data() + (t & 1) * s_len;
           const acc_t* next = beta.data() + ((t + 1) & 1) * s_len;
           const acc_t* alpha = la + t * Sp;
-          gather_emissions(lpt, t > 0 ? lpt - N * C : nullptr, z.data(), s_len, emit.data());
-          for (int64_t s = 0; s < s_len; ++s) {
+          // beta on the window only (see ctc.h); the row is reset first because
+          // the next step reads one position past this step's window
+          const int64_t s_begin = ctc::window_begin(s_len, Tb, t), s_end = ctc::window_end(s_len, t);
+          std::fill(cur, cur + s_len, neg_inf<acc_t>());
+          gather_emissions(lpt, t > 0 ? lpt - N * C : nullptr, z.data(), s_begin, s_end, emit.data());
+          for (int64_t s = s_begin; s < s_end; ++s) {
             cur[s] = t == Tb - 1 ? (s >= s_len - 2 ? emit[s] : neg_inf<acc_t>())
                                  : ctc::beta_cell(next, target, s, s_len, emit[s]);
             // alpha + beta, reused as scratch; the occupancy of each distinct
@@ -282,7 +286,7 @@ at::Tensor ctc_loss_backward_cpu(const at::Tensor& grad_, const at::Tensor& log_
             acc_t& m = occ_max[first[s]];
             if (v > m) m = v;
           }
-          for (int64_t s = 0; s < s_len; ++s) {
+          for (int64_t s = s_begin; s < s_end; ++s) {
             const acc_t m = occ_max[first[s]];
             if (m != neg_inf<acc_t>()) occ_sum[first[s]] += ctc::exp_(emit[s] - m);
           }

@@ -112,8 +112,9 @@ __global__ void ctc_alpha_kernel(const scalar_t* __restrict__ log_probs, TargetL
     const scalar_t* lpt = log_probs + (t * N + b) * C;
     acc_t* cur = la + t * Sp;
     const acc_t* prev = cur - Sp;
-    const int64_t s_end = s_len < 2 * (t + 1) ? s_len : 2 * (t + 1);
-    for (int64_t s = threadIdx.x; s < s_end; s += blockDim.x) {
+    // positions outside the window are on no complete path and stay -inf (ctc.h)
+    const int64_t s_begin = ctc::window_begin(s_len, Tb, t), s_end = ctc::window_end(s_len, t);
+    for (int64_t s = s_begin + threadIdx.x; s < s_end; s += blockDim.x) {
       cur[s] = ctc::alpha_cell(prev, target, s, acc_t(lpt[ctc::extended_label(target, s, blank)]));
     }
     __syncthreads();

@@ -97,6 +97,21 @@ VISIONOPS_HOST_DEVICE bool can_skip_to(const int64_t* target, int64_t s) {
   return (s & 1) && s >= 3 && target[s >> 1] != target[(s >> 1) - 1];
 }
 
+// Positions of step t (of Tb steps) that lie on some complete path: reachable
+// from the start (s < 2(t + 1)) and still able to reach the end
+// (s >= s_len - 2(Tb - t)). Outside, alpha or beta is -inf, so alpha + beta is
+// too, and the recursions restricted to the window read only window cells of
+// the neighbouring step (the bounds move by 2 per step).
+VISIONOPS_HOST_DEVICE int64_t window_begin(int64_t s_len, int64_t Tb, int64_t t) {
+  const int64_t v = s_len - 2 * (Tb - t);
+  return v > 0 ? v : 0;
+}
+
+VISIONOPS_HOST_DEVICE int64_t window_end(int64_t s_len, int64_t t) {
+  const int64_t v = 2 * (t + 1);
+  return v < s_len ? v : s_len;
+}
+
 // alpha_t(s) from the row alpha_{t-1} (positions < s_len are valid).
 template <typename T>
 VISIONOPS_HOST_DEVICE T alpha_cell(const T* prev, const int64_t* target, int64_t s, T log_prob) {
