@@ -14,12 +14,23 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 #include <unordered_map>
 #include <vector>
 
 #include "visionops/ctc.h"
 #include "visionops/ctc_ops.h"
+
+#if defined(__x86_64__) && defined(__GNUC__)
+// SLEEF's 8-lane float exp/log (1-ulp), exported by libtorch_cpu with its own
+// runtime dispatch; called only from functions compiled for AVX2 + FMA, and
+// only when the CPU has them.
+#include <immintrin.h>
+extern "C" __m256 Sleef_expf8_u10(__m256);
+extern "C" __m256 Sleef_logf8_u10(__m256);
+#define VISIONOPS_CTC_AVX2 1
+#endif
 
 namespace visionops {
 
@@ -108,6 +119,118 @@ inline void gather_emissions(const scalar_t* row, const scalar_t* next_row, cons
   }
 }
 
+
+// ---------------------------------------------------------------- row kernels
+//
+// One step of a recursion over the window [begin, end) of positions. The
+// generic versions apply the cells of ctc.h; the float versions run 8 positions
+// at a time with AVX2 where the CPU has it (a cell reads only the previous
+// step's row, so the positions of one step are independent). `skip[s]` is 0
+// where the alpha recursion may jump from s - 2 to s and -inf elsewhere; the
+// beta rows and `skip` carry two -inf entries past 2L + 1.
+
+template <typename acc_t>
+void alpha_row(const acc_t* prev, const int64_t* target, const acc_t* /*skip*/, const acc_t* emit, acc_t* cur,
+               int64_t begin, int64_t end) {
+  for (int64_t s = begin; s < end; ++s) cur[s] = ctc::alpha_cell(prev, target, s, emit[s]);
+}
+
+template <typename acc_t>
+void beta_row(const acc_t* next, const int64_t* target, const acc_t* /*skip*/, const acc_t* emit, acc_t* cur,
+              int64_t s_len, int64_t begin, int64_t end) {
+  for (int64_t s = begin; s < end; ++s) cur[s] = ctc::beta_cell(next, target, s, s_len, emit[s]);
+}
+
+// out[s] = exp(v[s] - m[s]), 0 where m[s] = -inf (then v[s] = -inf too)
+template <typename acc_t>
+void exp_diff_row(const acc_t* v, const acc_t* m, acc_t* out, int64_t begin, int64_t end) {
+  for (int64_t s = begin; s < end; ++s) out[s] = m[s] == neg_inf<acc_t>() ? acc_t(0) : ctc::exp_(v[s] - m[s]);
+}
+
+#ifdef VISIONOPS_CTC_AVX2
+bool have_avx2() {
+  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return ok;
+}
+
+// log(exp(a) + exp(b) + exp(c)) + e per lane; -inf where a, b, c are all -inf
+__attribute__((target("avx2,fma"))) inline __m256 lse3_plus(__m256 a, __m256 b, __m256 c, __m256 e) {
+  const __m256 ninf = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+  const __m256 m = _mm256_max_ps(a, _mm256_max_ps(b, c));
+  const __m256 dead = _mm256_cmp_ps(m, ninf, _CMP_EQ_OQ);
+  const __m256 shift = _mm256_blendv_ps(m, _mm256_setzero_ps(), dead);  // no -inf - -inf
+  const __m256 sum = _mm256_add_ps(
+      _mm256_add_ps(Sleef_expf8_u10(_mm256_sub_ps(a, shift)), Sleef_expf8_u10(_mm256_sub_ps(b, shift))),
+      Sleef_expf8_u10(_mm256_sub_ps(c, shift)));
+  const __m256 r = _mm256_add_ps(_mm256_add_ps(shift, Sleef_logf8_u10(sum)), e);
+  return _mm256_blendv_ps(r, ninf, dead);
+}
+
+// the vector part of a row: positions [begin, begin + 8k); returns the first left over
+__attribute__((target("avx2,fma"))) int64_t alpha_row_avx2(const float* prev, const float* skip, const float* emit,
+                                                          float* cur, int64_t begin, int64_t end) {
+  int64_t s = begin;
+  for (; s + 8 <= end; s += 8) {
+    const __m256 c = _mm256_add_ps(_mm256_loadu_ps(prev + s - 2), _mm256_loadu_ps(skip + s));
+    _mm256_storeu_ps(cur + s, lse3_plus(_mm256_loadu_ps(prev + s), _mm256_loadu_ps(prev + s - 1), c,
+                                        _mm256_loadu_ps(emit + s)));
+  }
+  return s;
+}
+
+__attribute__((target("avx2,fma"))) int64_t beta_row_avx2(const float* next, const float* skip, const float* emit,
+                                                         float* cur, int64_t begin, int64_t end) {
+  int64_t s = begin;
+  for (; s + 8 <= end; s += 8) {
+    const __m256 c = _mm256_add_ps(_mm256_loadu_ps(next + s + 2), _mm256_loadu_ps(skip + s + 2));
+    _mm256_storeu_ps(cur + s, lse3_plus(_mm256_loadu_ps(next + s), _mm256_loadu_ps(next + s + 1), c,
+                                        _mm256_loadu_ps(emit + s)));
+  }
+  return s;
+}
+
+__attribute__((target("avx2,fma"))) int64_t exp_diff_row_avx2(const float* v, const float* m, float* out,
+                                                             int64_t begin, int64_t end) {
+  const __m256 ninf = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+  int64_t s = begin;
+  for (; s + 8 <= end; s += 8) {
+    const __m256 mv = _mm256_loadu_ps(m + s);
+    const __m256 dead = _mm256_cmp_ps(mv, ninf, _CMP_EQ_OQ);
+    const __m256 d = _mm256_blendv_ps(_mm256_sub_ps(_mm256_loadu_ps(v + s), mv), ninf, dead);
+    _mm256_storeu_ps(out + s, Sleef_expf8_u10(d));
+  }
+  return s;
+}
+
+void alpha_row(const float* prev, const int64_t* target, const float* skip, const float* emit, float* cur,
+               int64_t begin, int64_t end) {
+  if (!have_avx2()) return alpha_row<float>(prev, target, skip, emit, cur, begin, end);
+  const int64_t head = std::min<int64_t>(std::max<int64_t>(begin, 2), end);  // s - 2 must exist
+  alpha_row<float>(prev, target, skip, emit, cur, begin, head);
+  const int64_t rest = alpha_row_avx2(prev, skip, emit, cur, head, end);
+  alpha_row<float>(prev, target, skip, emit, cur, rest, end);
+}
+
+void beta_row(const float* next, const int64_t* target, const float* skip, const float* emit, float* cur,
+              int64_t s_len, int64_t begin, int64_t end) {
+  if (!have_avx2()) return beta_row<float>(next, target, skip, emit, cur, s_len, begin, end);
+  const int64_t rest = beta_row_avx2(next, skip, emit, cur, begin, end);
+  beta_row<float>(next, target, skip, emit, cur, s_len, rest, end);
+}
+
+void exp_diff_row(const float* v, const float* m, float* out, int64_t begin, int64_t end) {
+  if (!have_avx2()) return exp_diff_row<float>(v, m, out, begin, end);
+  const int64_t rest = exp_diff_row_avx2(v, m, out, begin, end);
+  exp_diff_row<float>(v, m, out, rest, end);
+}
+#endif
+
+template <typename acc_t>
+void fill_skip(const int64_t* target, int64_t s_len, std::vector<acc_t>& skip) {
+  skip.assign(s_len + 2, neg_inf<acc_t>());
+  for (int64_t s = 0; s < s_len; ++s) skip[s] = ctc::can_skip_to(target, s) ? acc_t(0) : neg_inf<acc_t>();
+}
+
 // ---------------------------------------------------------------- loss forward
 
 std::tuple<at::Tensor, at::Tensor> ctc_loss_forward_cpu(const at::Tensor& log_probs_, const at::Tensor& targets_,
@@ -139,7 +262,7 @@ std::tuple<at::Tensor, at::Tensor> ctc_loss_forward_cpu(const at::Tensor& log_pr
     scalar_t* out = nll.data_ptr<scalar_t>();
     at::parallel_for(0, N, 1, [&](int64_t b0, int64_t b1) {
       std::vector<int64_t> z(Sp);
-      std::vector<acc_t> emit(Sp);
+      std::vector<acc_t> emit(Sp), skip;
       for (int64_t b = b0; b < b1; ++b) {
         const int64_t Tb = ilp[b], L = tlp[b], s_len = 2 * L + 1;
         const int64_t* target = tg + off[b];
@@ -153,6 +276,7 @@ std::tuple<at::Tensor, at::Tensor> ctc_loss_forward_cpu(const at::Tensor& log_pr
           la[0] = acc_t(row0[blank]);
           if (L > 0) la[1] = acc_t(row0[target[0]]);
           for (int64_t s = 0; s < s_len; ++s) z[s] = ctc::extended_label(target, s, blank);
+          fill_skip(target, s_len, skip);
           for (int64_t t = 1; t < Tb; ++t) {
             const scalar_t* lpt = lp + (t * N + b) * C;
             acc_t* cur = la + t * Sp;
@@ -163,7 +287,7 @@ std::tuple<at::Tensor, at::Tensor> ctc_loss_forward_cpu(const at::Tensor& log_pr
             // one tight loop (independent cache misses overlap) and prefetch the
             // next step's, then run the recursion on the gathered values
             gather_emissions(lpt, t + 1 < Tb ? lpt + N * C : nullptr, z.data(), s_begin, s_end, emit.data());
-            for (int64_t s = s_begin; s < s_end; ++s) cur[s] = ctc::alpha_cell(prev, target, s, emit[s]);
+            alpha_row(prev, target, skip.data(), emit.data(), cur, s_begin, s_end);
           }
           result = ctc::nll_from_last_row(la + (Tb - 1) * Sp, L);
         }
@@ -226,7 +350,7 @@ at::Tensor ctc_loss_backward_cpu(const at::Tensor& grad_, const at::Tensor& log_
     scalar_t* out = grad_lp.data_ptr<scalar_t>();
     constexpr acc_t inf = std::numeric_limits<acc_t>::infinity();
     at::parallel_for(0, N, 1, [&](int64_t b0, int64_t b1) {
-      std::vector<acc_t> beta, emit, occ_max, occ_sum;
+      std::vector<acc_t> beta, emit, skip, group_max, occ_max, occ_sum;
       std::vector<int64_t> z;
       std::vector<int64_t> first;  // first position s' <= s with z_s' == z_s
       std::unordered_map<int64_t, int64_t> seen;
@@ -262,34 +386,39 @@ at::Tensor ctc_loss_backward_cpu(const at::Tensor& grad_, const at::Tensor& log_
         }
         z.resize(s_len);
         for (int64_t s = 0; s < s_len; ++s) z[s] = ctc::extended_label(target, s, blank);
-        beta.assign(2 * s_len, neg_inf<acc_t>());
+        const int64_t stride = s_len + 2;  // beta rows carry two -inf past the end
+        beta.assign(2 * stride, neg_inf<acc_t>());
         emit.resize(s_len);
+        group_max.resize(s_len);
+        fill_skip(target, s_len, skip);
         occ_max.assign(s_len, neg_inf<acc_t>());
         occ_sum.assign(s_len, acc_t(0));
         for (int64_t t = Tb - 1; t >= 0; --t) {
           const scalar_t* lpt = lp + (t * N + b) * C;
-          acc_t* cur = beta.data() + (t & 1) * s_len;
-          const acc_t* next = beta.data() + ((t + 1) & 1) * s_len;
+          acc_t* cur = beta.data() + (t & 1) * stride;
+          const acc_t* next = beta.data() + ((t + 1) & 1) * stride;
           const acc_t* alpha = la + t * Sp;
           // beta on the window only (see ctc.h); the row is reset first because
           // the next step reads one position past this step's window
           const int64_t s_begin = ctc::window_begin(s_len, Tb, t), s_end = ctc::window_end(s_len, t);
-          std::fill(cur, cur + s_len, neg_inf<acc_t>());
+          std::fill(cur, cur + s_len, neg_inf<acc_t>());  // the two past the end stay -inf
           gather_emissions(lpt, t > 0 ? lpt - N * C : nullptr, z.data(), s_begin, s_end, emit.data());
+          if (t == Tb - 1) {
+            for (int64_t s = s_begin; s < s_end; ++s) cur[s] = emit[s];  // s_begin = s_len - 2 or 0
+          } else {
+            beta_row(next, target, skip.data(), emit.data(), cur, s_len, s_begin, s_end);
+          }
+          // the occupancy of each distinct label is a log-sum-exp of alpha + beta
+          // over its positions: max first, then the sum of exps
           for (int64_t s = s_begin; s < s_end; ++s) {
-            cur[s] = t == Tb - 1 ? (s >= s_len - 2 ? emit[s] : neg_inf<acc_t>())
-                                 : ctc::beta_cell(next, target, s, s_len, emit[s]);
-            // alpha + beta, reused as scratch; the occupancy of each distinct
-            // label is a log-sum-exp over its positions: max first, then sum
             const acc_t v = alpha[s] + cur[s];
-            emit[s] = v;
+            emit[s] = v;  // reused as scratch
             acc_t& m = occ_max[first[s]];
             if (v > m) m = v;
           }
-          for (int64_t s = s_begin; s < s_end; ++s) {
-            const acc_t m = occ_max[first[s]];
-            if (m != neg_inf<acc_t>()) occ_sum[first[s]] += ctc::exp_(emit[s] - m);
-          }
+          for (int64_t s = s_begin; s < s_end; ++s) group_max[s] = occ_max[first[s]];
+          exp_diff_row(emit.data(), group_max.data(), emit.data(), s_begin, s_end);
+          for (int64_t s = s_begin; s < s_end; ++s) occ_sum[first[s]] += emit[s];
           scalar_t* row = out + (t * N + b) * C;
           for (int64_t s = 0; s < s_len; ++s) {
             if (first[s] != s) continue;
