@@ -19,4 +19,20 @@ TORCH_LIBRARY(visionops, m) {
   m.def(
       "_roi_pool_backward(Tensor grad, Tensor rois, Tensor argmax, float spatial_scale, SymInt pooled_height, "
       "SymInt pooled_width, SymInt batch_size, SymInt channels, SymInt height, SymInt width) -> Tensor");
+
+  // ---- ctc: connectionist temporal classification loss (Graves et al. 2006)
+  // log_probs [T, N, C]; targets padded [N, S] or concatenated 1-D; returns
+  // (per-sample negative log-likelihood [N], log_alpha [N, T, 2 * max_target_length + 1]
+  // in float32, float64 for float64 log_probs); zero_infinity zeroes infinite losses.
+  m.def(
+      "ctc_loss(Tensor log_probs, Tensor targets, Tensor input_lengths, Tensor target_lengths, "
+      "SymInt max_target_length, int blank, bool zero_infinity) -> (Tensor, Tensor)");
+  // gradient w.r.t. log_probs in torch's form exp(lp) - occupancy / p (see ctc.h)
+  m.def(
+      "_ctc_loss_backward(Tensor grad, Tensor log_probs, Tensor targets, Tensor input_lengths, "
+      "Tensor target_lengths, Tensor log_alpha, int blank, bool zero_infinity) -> Tensor");
+  // CTC prefix beam search (CPU kernel): (labels [N, T] padded with -1, lengths [N],
+  // log-probability of each best labelling [N], float32 or float64)
+  m.def("ctc_beam_search_decode(Tensor log_probs, Tensor input_lengths, int beam_width, int blank) "
+        "-> (Tensor, Tensor, Tensor)");
 }

@@ -84,10 +84,47 @@ def _vs_torchvision(op: str) -> Optional[Callable[[str], float]]:
     return run
 
 
+def _ctc_loss_two_steps(device: str) -> float:
+    # T=2, C=2 (blank 0), target [1]: alignments 11, 10, 01 -> p = 0.4*0.7 + 0.4*0.3 + 0.6*0.7 = 0.82
+    lp = torch.tensor([[0.6, 0.4], [0.3, 0.7]], dtype=torch.float64, device=device).log().unsqueeze(1)
+    loss = ops.ctc_loss(lp, torch.tensor([[1]], device=device), [2], [1], reduction="sum")
+    return abs(loss.item() + torch.log(torch.tensor(0.82, dtype=torch.float64)).item())
+
+
+def _ctc_loss_vs_torch(device: str) -> float:
+    g = torch.Generator().manual_seed(0)
+    lp = torch.randn(50, 8, 37, generator=g).log_softmax(2).to(device).requires_grad_(True)
+    targets = torch.randint(1, 37, (8, 12), generator=g).to(device)
+    il, tl = torch.tensor([50, 48, 45, 50, 30, 20, 50, 41]), torch.tensor([12, 10, 12, 3, 7, 12, 1, 9])
+    errs = []
+    for fn in (ops.ctc_loss, torch.nn.functional.ctc_loss):
+        loss = fn(lp, targets, il, tl, reduction="mean")
+        errs.append((loss.detach(), torch.autograd.grad(loss, lp)[0]))
+    (a, ga), (b, gb) = errs
+    return max((a - b).abs().item(), (ga - gb).abs().max().item())
+
+
+def _ctc_greedy_one_hot(device: str) -> float:
+    lp = torch.eye(4, device=device)[[1, 1, 0, 1, 2, 2, 0, 3]].clamp_min(1e-4).log().unsqueeze(1)
+    (out,) = ops.ctc_greedy_decode(lp, [8])
+    return 0.0 if out.tolist() == [1, 1, 2, 3] else 1.0
+
+
+def _ctc_beam_two_steps(device: str) -> float:
+    # best labelling [1] by summing 11, 10, 01: 0.36 + 0.24 + 0.24 = 0.84 (best path "11" alone: 0.36)
+    lp = torch.tensor([[0.4, 0.6], [0.4, 0.6]], dtype=torch.float64, device=device).log().unsqueeze(1)
+    (seq,), scores = ops.ctc_beam_search_decode(lp, [2])
+    return abs(scores.exp().item() - 0.84) + (0.0 if seq.tolist() == [1] else 1.0)
+
+
 def all_checks() -> list[Check]:
     checks = [
         Check("roi_align", "linear ramp (exact)", _roi_align_ramp, 1e-10),
         Check("roi_pool", "linear ramp (exact)", _roi_pool_ramp, 0.0),
+        Check("ctc_loss", "2-step enumeration", _ctc_loss_two_steps, 1e-12),
+        Check("ctc_loss", "torch F.ctc_loss", _ctc_loss_vs_torch, 1e-4),
+        Check("ctc_greedy_decode", "one-hot path (exact)", _ctc_greedy_one_hot, 0.0),
+        Check("ctc_beam_search", "2-step enumeration", _ctc_beam_two_steps, 1e-12),
     ]
     for op in ("roi_align", "roi_pool"):
         run = _vs_torchvision(op)
