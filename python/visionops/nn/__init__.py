@@ -1,5 +1,6 @@
 """nn.Module wrappers of visionops ops."""
 
 from .roi import MultiScaleRoIAlign, RoIAlign, RoIPool
+from .sampling import AffineGridSampler, TPSGridSampler
 
-__all__ = ["RoIAlign", "RoIPool", "MultiScaleRoIAlign"]
+__all__ = ["RoIAlign", "RoIPool", "MultiScaleRoIAlign", "AffineGridSampler", "TPSGridSampler"]
