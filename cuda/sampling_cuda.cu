@@ -219,7 +219,7 @@ std::tuple<at::Tensor, at::Tensor> grid_sample_backward_cuda(const at::Tensor& g
   at::Tensor grad_grid = at::empty({0}, grid.options());
   if (output_mask[0]) {
     const auto acc_type = at::toOpMathType(input.scalar_type());
-    auto acc = at::zeros(input.sizes(), input.options().dtype(acc_type).memory_format(fmt));
+    auto acc = at::empty(input.sizes(), input.options().dtype(acc_type), fmt).zero_();
     if (acc.numel() != 0 && g.numel() != 0) {
       const bool deterministic = at::globalContext().deterministicAlgorithms();
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "grid_sample_backward_cuda", [&] {
