@@ -164,9 +164,10 @@ def affine_grid_sample(
 
     Example:
         >>> x = torch.arange(16.).view(1, 1, 4, 4)
-        >>> shift = torch.tensor([[[1., 0., 0.5], [0., 1., 0.]]])  # half the width = 1 pixel right
+        >>> shift = torch.tensor([[[1., 0., 0.5], [0., 1., 0.]]])  # 0.5 = a quarter of the width: 1 pixel
+        >>> # one output row at y = 0: halfway between input rows 1 and 2
         >>> affine_grid_sample(x, shift, (1, 4), padding_mode="border")
-        tensor([[[[5., 6., 7., 7.]]]])
+        tensor([[[[7., 8., 9., 9.]]]])
     """
     check_tensor(input, "input", "affine_grid_sample")
     check_tensor(theta, "theta", "affine_grid_sample")
@@ -250,10 +251,10 @@ def tps_fit(source_points: Tensor, target_points: Tensor, regularization: float 
     Example:
         >>> c = torch.tensor([[-1., -1.], [1., -1.], [-1., 1.], [1., 1.]])
         >>> w, a = tps_fit(c, c)  # the identity map: no bending, a = [0; I]
-        >>> torch.allclose(w, torch.zeros(1, 4, 2), atol=1e-6), a[0]
-        (True, tensor([[0., 0.],
-                [1., 0.],
-                [0., 1.]]))
+        >>> torch.allclose(w, torch.zeros(1, 4, 2), atol=1e-6)
+        True
+        >>> torch.allclose(a[0], torch.tensor([[0., 0.], [1., 0.], [0., 1.]]), atol=1e-6)
+        True
     """
     source = _batched_points(source_points, "source_points", "tps_fit")
     target = _batched_points(target_points, "target_points", "tps_fit")
