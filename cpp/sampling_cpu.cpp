@@ -11,6 +11,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "visionops/sampling.h"
@@ -91,13 +92,18 @@ void sample_forward_impl(const at::Tensor& input, at::Tensor& output, const Sour
   const Strides4 s = strides_of(input), os = strides_of(output);
   const scalar_t* in = input.const_data_ptr<scalar_t>();
   scalar_t* out = output.mutable_data_ptr<scalar_t>();
-  at::parallel_for(0, N * OH * OW, 256, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      const int64_t n = i / (OH * OW), h = (i / OW) % OH, w = i % OW;
-      T gx, gy;
-      src(n, h, w, gx, gy);
-      sample_point<T, scalar_t>(in + n * s.n, s, C, H, W, gx, gy, interp, padding, align_corners,
-                                out + n * os.n + h * os.y + w * os.x, os.c);
+  // one task per run of output rows: no index division per point
+  at::parallel_for(0, N * OH, std::max<int64_t>(1, 2048 / std::max<int64_t>(OW, 1)), [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t n = row / OH, h = row % OH;
+      const scalar_t* in_n = in + n * s.n;
+      scalar_t* out_row = out + n * os.n + h * os.y;
+      for (int64_t w = 0; w < OW; ++w) {
+        T gx, gy;
+        src(n, h, w, gx, gy);
+        sample_point<T, scalar_t>(in_n, s, C, H, W, gx, gy, interp, padding, align_corners, out_row + w * os.x,
+                                  os.c);
+      }
     }
   });
 }
@@ -185,42 +191,61 @@ void grid_grad_impl(const at::Tensor& grad, const at::Tensor& input, const at::T
   const scalar_t* g = grad.const_data_ptr<scalar_t>();
   const scalar_t* gr = grid.const_data_ptr<scalar_t>();
   scalar_t* out = grad_grid.mutable_data_ptr<scalar_t>();
-  at::parallel_for(0, N * OH * OW, 256, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      const int64_t n = i / (OH * OW), h = (i / OW) % OH, w = i % OW;
-      T ox, oy;
-      point_grid_grad<T, scalar_t>(in + n * s.n, s, C, H, W, static_cast<T>(gr[2 * i]), static_cast<T>(gr[2 * i + 1]),
-                                   interp, padding, align_corners, g + n * gs.n + h * gs.y + w * gs.x, gs.c, ox, oy);
-      out[2 * i] = static_cast<scalar_t>(ox);
-      out[2 * i + 1] = static_cast<scalar_t>(oy);
+  at::parallel_for(0, N * OH, std::max<int64_t>(1, 1024 / std::max<int64_t>(OW, 1)), [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t n = row / OH, h = row % OH;
+      for (int64_t w = 0; w < OW; ++w) {
+        const int64_t i = row * OW + w;
+        T ox, oy;
+        point_grid_grad<T, scalar_t>(in + n * s.n, s, C, H, W, static_cast<T>(gr[2 * i]),
+                                     static_cast<T>(gr[2 * i + 1]), interp, padding, align_corners,
+                                     g + n * gs.n + h * gs.y + w * gs.x, gs.c, ox, oy);
+        out[2 * i] = static_cast<scalar_t>(ox);
+        out[2 * i + 1] = static_cast<scalar_t>(oy);
+      }
     }
   });
 }
 
-// grad_acc: opmath dtype, [N, C, H, W] in the input's layout.
+// grad_acc: opmath dtype, [N, C, H, W] in the input's layout. A task owns the
+// planes of one image and a block of channels and visits the output points in
+// order: deterministic, and the taps of a point are computed once per block.
 template <typename scalar_t>
 void input_grad_impl(const at::Tensor& grad, const at::Tensor& grid, at::Tensor& grad_acc, Interp interp,
                      Padding padding, bool align_corners) {
   using T = at::opmath_type<scalar_t>;
   const int64_t C = grad_acc.size(1), H = grad_acc.size(2), W = grad_acc.size(3);
-  const int64_t N = grid.size(0), OH = grid.size(1), OW = grid.size(2), P = OH * OW;
+  const int64_t N = grid.size(0), OH = grid.size(1), OW = grid.size(2);
   const Strides4 s = strides_of(grad_acc), gs = strides_of(grad);
   const scalar_t* g = grad.const_data_ptr<scalar_t>();
   const scalar_t* gr = grid.const_data_ptr<scalar_t>();
   T* acc = grad_acc.mutable_data_ptr<T>();
-  at::parallel_for(0, N * C, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t nc = begin; nc < end; ++nc) {
-      const int64_t n = nc / C, c = nc % C;
-      T* plane = acc + n * s.n + c * s.c;
-      const scalar_t* gp = g + n * gs.n + c * gs.c;
-      const scalar_t* grid_n = gr + n * P * 2;
-      for (int64_t p = 0; p < P; ++p) {
-        int64_t cell[4];
-        T weight[4];
-        const int taps = point_taps<T>(H, W, static_cast<T>(grid_n[2 * p]), static_cast<T>(grid_n[2 * p + 1]), interp,
-                                       padding, align_corners, cell, weight);
-        const T go = static_cast<T>(gp[(p / OW) * gs.y + (p % OW) * gs.x]);
-        for (int t = 0; t < taps; ++t) plane[(cell[t] / W) * s.y + (cell[t] % W) * s.x] += weight[t] * go;
+  // enough tasks to keep every thread busy when the batch is small (one RGB image)
+  const int64_t want_tasks = 4 * at::get_num_threads();
+  const int64_t block = std::clamp<int64_t>((N * C) / std::max<int64_t>(want_tasks, 1), 1, 16);
+  const int64_t blocks = (C + block - 1) / block;
+  at::parallel_for(0, N * blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n = task / blocks, c0 = (task % blocks) * block, c1 = std::min(C, c0 + block);
+      T* acc_n = acc + n * s.n;
+      const scalar_t* g_n = g + n * gs.n;
+      const scalar_t* grid_n = gr + n * OH * OW * 2;
+      for (int64_t h = 0; h < OH; ++h) {
+        for (int64_t w = 0; w < OW; ++w) {
+          const int64_t p = h * OW + w;
+          int64_t offset[4];
+          T weight[4];
+          const int taps = point_taps<T>(H, W, s.y, s.x, static_cast<T>(grid_n[2 * p]),
+                                         static_cast<T>(grid_n[2 * p + 1]), interp, padding, align_corners, offset,
+                                         weight);
+          if (taps == 0) continue;
+          const scalar_t* gp = g_n + h * gs.y + w * gs.x;
+          for (int64_t c = c0; c < c1; ++c) {
+            const T go = static_cast<T>(gp[c * gs.c]);
+            T* plane = acc_n + c * s.c;
+            for (int t = 0; t < taps; ++t) plane[offset[t]] += weight[t] * go;
+          }
+        }
       }
     }
   });

@@ -153,17 +153,16 @@ __global__ void input_grad_atomic_kernel(const scalar_t* __restrict__ grad, cons
   using T = at::opmath_type<scalar_t>;
   VISIONOPS_GRID_STRIDE_LOOP(i, total) {
     const int64_t n = i / (OH * OW), h = (i / OW) % OH, w = i % OW;
-    int64_t cell[4];
+    int64_t offset[4];
     T weight[4];
-    const int taps = point_taps<T>(H, W, static_cast<T>(grid[2 * i]), static_cast<T>(grid[2 * i + 1]), interp,
-                                   padding, align_corners, cell, weight);
+    const int taps = point_taps<T>(H, W, s.y, s.x, static_cast<T>(grid[2 * i]), static_cast<T>(grid[2 * i + 1]),
+                                   interp, padding, align_corners, offset, weight);
     if (taps == 0) continue;
     const scalar_t* g = grad + n * gs.n + h * gs.y + w * gs.x;
     T* plane = acc + n * s.n;
     for (int64_t c = 0; c < C; ++c) {
       const T go = static_cast<T>(g[c * gs.c]);
-      for (int t = 0; t < taps; ++t)
-        gpuAtomicAdd(plane + c * s.c + (cell[t] / W) * s.y + (cell[t] % W) * s.x, weight[t] * go);
+      for (int t = 0; t < taps; ++t) gpuAtomicAdd(plane + c * s.c + offset[t], weight[t] * go);
     }
   }
 }
@@ -181,13 +180,13 @@ __global__ void input_grad_plane_kernel(const scalar_t* __restrict__ grad, const
     const scalar_t* gp = grad + n * gs.n + c * gs.c;
     const scalar_t* grid_n = grid + n * P * 2;
     for (int64_t p = 0; p < P; ++p) {
-      int64_t cell[4];
+      int64_t offset[4];
       T weight[4];
-      const int taps = point_taps<T>(H, W, static_cast<T>(grid_n[2 * p]), static_cast<T>(grid_n[2 * p + 1]), interp,
-                                     padding, align_corners, cell, weight);
+      const int taps = point_taps<T>(H, W, s.y, s.x, static_cast<T>(grid_n[2 * p]),
+                                     static_cast<T>(grid_n[2 * p + 1]), interp, padding, align_corners, offset, weight);
       if (taps == 0) continue;
       const T go = static_cast<T>(gp[(p / OW) * gs.y + (p % OW) * gs.x]);
-      for (int t = 0; t < taps; ++t) plane[(cell[t] / W) * s.y + (cell[t] % W) * s.x] += weight[t] * go;
+      for (int t = 0; t < taps; ++t) plane[offset[t]] += weight[t] * go;
     }
   }
 }

@@ -115,6 +115,13 @@ VISIONOPS_HOST_DEVICE T source_coordinate(T c, int64_t size, Padding padding, bo
   return v;
 }
 
+// floor of a value known to be finite and within +-2^30.
+template <typename T>
+VISIONOPS_HOST_DEVICE T floor_bounded(T v) {
+  const T t = static_cast<T>(static_cast<int64_t>(v));
+  return t > v ? t - T(1) : t;
+}
+
 // The four bilinear taps around (x, y): corners x0, x0 + 1 and y0, y0 + 1 with
 // fractional parts fx, fy. Corners outside the map read 0 (after padding, the
 // coordinate itself is already inside for border / reflection).
@@ -123,7 +130,9 @@ struct Bilinear {
   int64_t x0, y0;
   T fx, fy;
   VISIONOPS_HOST_DEVICE Bilinear(T x, T y) {
-    const T xf = s_floor(x), yf = s_floor(y);
+    // x, y come from source_coordinate: finite and within +-2^30, so the
+    // truncating conversion is safe (and cheaper than a libm floor call)
+    const T xf = floor_bounded(x), yf = floor_bounded(y);
     x0 = static_cast<int64_t>(xf);
     y0 = static_cast<int64_t>(yf);
     fx = x - xf;
@@ -290,18 +299,19 @@ VISIONOPS_HOST_DEVICE void point_grid_grad(const scalar_t* in, Strides4 s, int64
   out_y = ay * dy;
 }
 
-// The (at most four) input cells an output point reads and their weights, for
-// scattering the output gradient back. Returns the number of taps.
+// The (at most four) input cells an output point reads, as offsets
+// y * sy + x * sx into its plane, and their weights, for scattering the output
+// gradient back. Returns the number of taps.
 template <typename T>
-VISIONOPS_HOST_DEVICE int point_taps(int64_t H, int64_t W, T gx, T gy, Interp interp, Padding padding,
-                                     bool align_corners, int64_t* cell, T* weight) {
+VISIONOPS_HOST_DEVICE int point_taps(int64_t H, int64_t W, int64_t sy, int64_t sx, T gx, T gy, Interp interp,
+                                     Padding padding, bool align_corners, int64_t* offset, T* weight) {
   T dx, dy;
   const T x = source_coordinate(gx, W, padding, align_corners, dx);
   const T y = source_coordinate(gy, H, padding, align_corners, dy);
   if (interp == Interp::Nearest) {
     const int64_t xi = static_cast<int64_t>(s_rint(x)), yi = static_cast<int64_t>(s_rint(y));
     if (!inside(xi, yi, W, H)) return 0;
-    cell[0] = yi * W + xi;
+    offset[0] = yi * sy + xi * sx;
     weight[0] = T(1);
     return 1;
   }
@@ -311,7 +321,7 @@ VISIONOPS_HOST_DEVICE int point_taps(int64_t H, int64_t W, T gx, T gy, Interp in
     for (int bx = 0; bx < 2; ++bx) {
       const int64_t xi = b.x0 + bx, yi = b.y0 + a;
       if (!inside(xi, yi, W, H)) continue;
-      cell[count] = yi * W + xi;
+      offset[count] = yi * sy + xi * sx;
       weight[count] = (bx ? b.fx : T(1) - b.fx) * (a ? b.fy : T(1) - b.fy);
       ++count;
     }
