@@ -12,6 +12,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "visionops/sampling.h"
@@ -81,11 +82,32 @@ namespace {
 
 Strides4 strides_of(const at::Tensor& t) { return {t.stride(0), t.stride(1), t.stride(2), t.stride(3)}; }
 
+// Calls f(integral_constant<Interp>, integral_constant<Padding>): the per-point
+// helpers of sampling.h are inlined with the modes as constants, so the point
+// loops carry no mode branches.
+template <typename F>
+void with_modes(Interp interp, Padding padding, F&& f) {
+  using I = Interp;
+  using P = Padding;
+  auto pad = [&](auto ki) {
+    switch (padding) {
+      case P::Zeros: return f(ki, std::integral_constant<P, P::Zeros>{});
+      case P::Border: return f(ki, std::integral_constant<P, P::Border>{});
+      default: return f(ki, std::integral_constant<P, P::Reflection>{});
+    }
+  };
+  if (interp == I::Nearest) return pad(std::integral_constant<I, I::Nearest>{});
+  return pad(std::integral_constant<I, I::Bilinear>{});
+}
+
 // ---------------------------------------------------------------- forward (any source)
 
 template <typename scalar_t, typename Source>
-void sample_forward_impl(const at::Tensor& input, at::Tensor& output, const Source& src, Interp interp,
-                         Padding padding, bool align_corners) {
+void sample_forward_impl(const at::Tensor& input, at::Tensor& output, const Source& src, Interp interp_,
+                         Padding padding_, bool align_corners) {
+  with_modes(interp_, padding_, [&](auto ki, auto kp) {
+  constexpr Interp interp = decltype(ki)::value;
+  constexpr Padding padding = decltype(kp)::value;
   using T = at::opmath_type<scalar_t>;
   const int64_t C = input.size(1), H = input.size(2), W = input.size(3);
   const int64_t N = output.size(0), OH = output.size(2), OW = output.size(3);
@@ -105,6 +127,7 @@ void sample_forward_impl(const at::Tensor& input, at::Tensor& output, const Sour
                                   os.c);
       }
     }
+  });
   });
 }
 
@@ -182,7 +205,10 @@ at::Tensor tps_grid_sample_cpu(const at::Tensor& input, const at::Tensor& kernel
 
 template <typename scalar_t>
 void grid_grad_impl(const at::Tensor& grad, const at::Tensor& input, const at::Tensor& grid, at::Tensor& grad_grid,
-                    Interp interp, Padding padding, bool align_corners) {
+                    Interp interp_, Padding padding_, bool align_corners) {
+  with_modes(interp_, padding_, [&](auto ki, auto kp) {
+  constexpr Interp interp = decltype(ki)::value;
+  constexpr Padding padding = decltype(kp)::value;
   using T = at::opmath_type<scalar_t>;
   const int64_t C = input.size(1), H = input.size(2), W = input.size(3);
   const int64_t N = grid.size(0), OH = grid.size(1), OW = grid.size(2);
@@ -205,14 +231,18 @@ void grid_grad_impl(const at::Tensor& grad, const at::Tensor& input, const at::T
       }
     }
   });
+  });
 }
 
 // grad_acc: opmath dtype, [N, C, H, W] in the input's layout. A task owns the
 // planes of one image and a block of channels and visits the output points in
 // order: deterministic, and the taps of a point are computed once per block.
 template <typename scalar_t>
-void input_grad_impl(const at::Tensor& grad, const at::Tensor& grid, at::Tensor& grad_acc, Interp interp,
-                     Padding padding, bool align_corners) {
+void input_grad_impl(const at::Tensor& grad, const at::Tensor& grid, at::Tensor& grad_acc, Interp interp_,
+                     Padding padding_, bool align_corners) {
+  with_modes(interp_, padding_, [&](auto ki, auto kp) {
+  constexpr Interp interp = decltype(ki)::value;
+  constexpr Padding padding = decltype(kp)::value;
   using T = at::opmath_type<scalar_t>;
   const int64_t C = grad_acc.size(1), H = grad_acc.size(2), W = grad_acc.size(3);
   const int64_t N = grid.size(0), OH = grid.size(1), OW = grid.size(2);
@@ -248,6 +278,7 @@ void input_grad_impl(const at::Tensor& grad, const at::Tensor& grid, at::Tensor&
         }
       }
     }
+  });
   });
 }
 
