@@ -131,6 +131,84 @@ void sample_forward_impl(const at::Tensor& input, at::Tensor& output, const Sour
   });
 }
 
+// GCC if-converts (and so vectorises) float selects only without trapping math;
+// the results are the same, only FP exception flags are not modelled.
+#if defined(__GNUC__) && !defined(__clang__)
+#define VISIONOPS_VECTORIZE __attribute__((optimize("no-trapping-math")))
+#else
+#define VISIONOPS_VECTORIZE
+#endif
+
+// Normalised coordinates -> floor (int32) and fraction of the pixel coordinate,
+// branch-free: x = ((g + 1) * M - K) / 2 is unnormalize() for both
+// align_corners (M = size - 1, K = 0) and not (M = size, K = 1), exactly.
+template <typename T, Padding kPad>
+VISIONOPS_VECTORIZE void pixel_floor_row(const T* __restrict__ g, T* __restrict__ frac, int32_t* __restrict__ cell,
+                                         int64_t count, T M, T K, T hi) {
+  const T big = static_cast<T>(kMaxCoordinate);
+  for (int64_t i = 0; i < count; ++i) {
+    T x = ((g[i] + T(1)) * M - K) * T(0.5);
+    if constexpr (kPad == Padding::Border) {
+      x = x > T(0) ? x : T(0);
+      x = x < hi ? x : hi;
+    }
+    const bool ok = (x >= -big) & (x <= big);
+    x = ok ? x : T(-100);
+    const int32_t t = static_cast<int32_t>(x);
+    const int32_t f = t - static_cast<int32_t>(static_cast<T>(t) > x);
+    cell[i] = f;
+    frac[i] = x - static_cast<T>(f);
+  }
+}
+
+// Bilinear with zeros / border padding, one output row at a time in passes:
+// coordinates, then their pixel-space floor and fractions in a branch-free loop
+// the compiler vectorises, then the gathers. Same expressions as
+// source_coordinate / Bilinear / sample_point in sampling.h, so the results are
+// bit-identical to the generic path.
+template <typename scalar_t, typename Source, Padding kPad>
+void bilinear_rows_impl(const at::Tensor& input, at::Tensor& output, const Source& src, bool align_corners) {
+  using T = at::opmath_type<scalar_t>;
+  const int64_t C = input.size(1), H = input.size(2), W = input.size(3);
+  const int64_t N = output.size(0), OH = output.size(2), OW = output.size(3);
+  const Strides4 s = strides_of(input), os = strides_of(output);
+  const scalar_t* in = input.const_data_ptr<scalar_t>();
+  scalar_t* out = output.mutable_data_ptr<scalar_t>();
+  const T Mx = static_cast<T>(align_corners ? W - 1 : W), My = static_cast<T>(align_corners ? H - 1 : H);
+  const T Kc = align_corners ? T(0) : T(1);
+  const T hx = static_cast<T>(W - 1), hy = static_cast<T>(H - 1);
+  at::parallel_for(0, N * OH, std::max<int64_t>(1, 2048 / std::max<int64_t>(OW, 1)), [&](int64_t begin, int64_t end) {
+    std::vector<T> gx(OW), gy(OW), fx(OW), fy(OW);
+    std::vector<int32_t> x0(OW), y0(OW);
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t n = row / OH, h = row % OH;
+      for (int64_t w = 0; w < OW; ++w) src(n, h, w, gx[w], gy[w]);
+      pixel_floor_row<T, kPad>(gx.data(), fx.data(), x0.data(), OW, Mx, Kc, hx);
+      pixel_floor_row<T, kPad>(gy.data(), fy.data(), y0.data(), OW, My, Kc, hy);
+      const scalar_t* in_n = in + n * s.n;
+      scalar_t* out_row = out + n * os.n + h * os.y;
+      for (int64_t w = 0; w < OW; ++w) {
+        const int64_t xa = x0[w], ya = y0[w], xb = xa + 1, yb = ya + 1;
+        const T ax = fx[w], ay = fy[w];
+        const bool m00 = inside(xa, ya, W, H), m01 = inside(xb, ya, W, H), m10 = inside(xa, yb, W, H),
+                   m11 = inside(xb, yb, W, H);
+        const T w00 = (T(1) - ax) * (T(1) - ay), w01 = ax * (T(1) - ay), w10 = (T(1) - ax) * ay, w11 = ax * ay;
+        const int64_t o00 = ya * s.y + xa * s.x;
+        scalar_t* o = out_row + w * os.x;
+        for (int64_t c = 0; c < C; ++c) {
+          const scalar_t* p = in_n + o00 + c * s.c;
+          T v = T(0);
+          if (m00) v += w00 * static_cast<T>(p[0]);
+          if (m01) v += w01 * static_cast<T>(p[s.x]);
+          if (m10) v += w10 * static_cast<T>(p[s.y]);
+          if (m11) v += w11 * static_cast<T>(p[s.y + s.x]);
+          o[c * os.c] = static_cast<scalar_t>(v);
+        }
+      }
+    }
+  });
+}
+
 template <template <typename, typename> class MakeSource, typename... Args>
 at::Tensor sample_forward(const at::Tensor& input, int64_t OH, int64_t OW, int64_t interpolation_mode,
                           int64_t padding_mode, bool align_corners, const char* name,
@@ -146,8 +224,17 @@ at::Tensor sample_forward(const at::Tensor& input, int64_t OH, int64_t OW, int64
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "sampling_forward", [&] {
     using T = at::opmath_type<scalar_t>;
     const auto src = MakeSource<T, scalar_t>::make(p, OH, OW, align_corners, args...);
-    sample_forward_impl<scalar_t>(in, output, src, static_cast<Interp>(interpolation_mode),
-                                  static_cast<Padding>(padding_mode), align_corners);
+    const auto interp = static_cast<Interp>(interpolation_mode);
+    const auto padding = static_cast<Padding>(padding_mode);
+    // int32 pixel indices in the fast path: maps up to 2^30 pixels a side
+    const bool small = in.size(2) < (int64_t(1) << 30) && in.size(3) < (int64_t(1) << 30);
+    if (interp == Interp::Bilinear && padding == Padding::Zeros && small) {
+      bilinear_rows_impl<scalar_t, decltype(src), Padding::Zeros>(in, output, src, align_corners);
+    } else if (interp == Interp::Bilinear && padding == Padding::Border && small) {
+      bilinear_rows_impl<scalar_t, decltype(src), Padding::Border>(in, output, src, align_corners);
+    } else {
+      sample_forward_impl<scalar_t>(in, output, src, interp, padding, align_corners);
+    }
   });
   return output;
 }
