@@ -369,6 +369,105 @@ void input_grad_impl(const at::Tensor& grad, const at::Tensor& grid, at::Tensor&
   });
 }
 
+// Both gradients in one pass (the usual case in training): the taps of a point
+// are computed once for the input scatter and the grid gradient. Tasks and
+// their order are those of input_grad_impl; with several channel blocks per
+// image, each block writes its share of the grid gradient to `partial` and the
+// shares are added in block order: deterministic.
+template <typename scalar_t>
+void both_grads_impl(const at::Tensor& grad, const at::Tensor& input, const at::Tensor& grid, at::Tensor& grad_acc,
+                     at::Tensor& grad_grid, Interp interp_, Padding padding_, bool align_corners) {
+  with_modes(interp_, padding_, [&](auto ki, auto kp) {
+  constexpr Interp interp = decltype(ki)::value;
+  constexpr Padding padding = decltype(kp)::value;
+  using T = at::opmath_type<scalar_t>;
+  const int64_t C = input.size(1), H = input.size(2), W = input.size(3);
+  const int64_t N = grid.size(0), OH = grid.size(1), OW = grid.size(2), P = OH * OW;
+  const Strides4 s = strides_of(input), gs = strides_of(grad);
+  TORCH_INTERNAL_ASSERT(grad_acc.strides() == input.strides());
+  const scalar_t* in = input.const_data_ptr<scalar_t>();
+  const scalar_t* g = grad.const_data_ptr<scalar_t>();
+  const scalar_t* gr = grid.const_data_ptr<scalar_t>();
+  T* acc = grad_acc.mutable_data_ptr<T>();
+  scalar_t* gg = grad_grid.mutable_data_ptr<scalar_t>();
+  const int64_t want_tasks = 4 * at::get_num_threads();
+  const int64_t block = std::clamp<int64_t>((N * C) / std::max<int64_t>(want_tasks, 1), 1, 16);
+  const int64_t blocks = (C + block - 1) / block;
+  std::vector<T> partial(blocks > 1 ? blocks * N * P * 2 : 0);
+  at::parallel_for(0, N * blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n = task / blocks, blk = task % blocks, c0 = blk * block, c1 = std::min(C, c0 + block);
+      const scalar_t* in_n = in + n * s.n;
+      T* acc_n = acc + n * s.n;
+      const scalar_t* g_n = g + n * gs.n;
+      const scalar_t* grid_n = gr + n * P * 2;
+      for (int64_t h = 0; h < OH; ++h) {
+        for (int64_t w = 0; w < OW; ++w) {
+          const int64_t p = h * OW + w;
+          const scalar_t* gp = g_n + h * gs.y + w * gs.x;
+          T dx, dy;
+          const T x = source_coordinate(static_cast<T>(grid_n[2 * p]), W, padding, align_corners, dx);
+          const T y = source_coordinate(static_cast<T>(grid_n[2 * p + 1]), H, padding, align_corners, dy);
+          T ax = T(0), ay = T(0);
+          if constexpr (interp == Interp::Nearest) {
+            const int64_t xi = static_cast<int64_t>(s_rint(x)), yi = static_cast<int64_t>(s_rint(y));
+            if (inside(xi, yi, W, H)) {
+              T* a = acc_n + yi * s.y + xi * s.x;
+              for (int64_t c = c0; c < c1; ++c) a[c * s.c] += T(1) * static_cast<T>(gp[c * gs.c]);
+            }
+          } else {
+            const Bilinear<T> b(x, y);
+            const int64_t x1 = b.x0 + 1, y1 = b.y0 + 1;
+            const bool m00 = inside(b.x0, b.y0, W, H), m01 = inside(x1, b.y0, W, H), m10 = inside(b.x0, y1, W, H),
+                       m11 = inside(x1, y1, W, H);
+            const T w00 = (T(1) - b.fx) * (T(1) - b.fy), w01 = b.fx * (T(1) - b.fy), w10 = (T(1) - b.fx) * b.fy,
+                    w11 = b.fx * b.fy;
+            const int64_t o00 = b.y0 * s.y + b.x0 * s.x;
+            for (int64_t c = c0; c < c1; ++c) {
+              const scalar_t* pi = in_n + o00 + c * s.c;
+              T* pa = acc_n + o00 + c * s.c;
+              const T go = static_cast<T>(gp[c * gs.c]);
+              const T v00 = m00 ? static_cast<T>(pi[0]) : T(0), v01 = m01 ? static_cast<T>(pi[s.x]) : T(0),
+                      v10 = m10 ? static_cast<T>(pi[s.y]) : T(0), v11 = m11 ? static_cast<T>(pi[s.y + s.x]) : T(0);
+              ax += go * ((v01 - v00) * (T(1) - b.fy) + (v11 - v10) * b.fy);
+              ay += go * ((v10 - v00) * (T(1) - b.fx) + (v11 - v01) * b.fx);
+              if (m00) pa[0] += w00 * go;
+              if (m01) pa[s.x] += w01 * go;
+              if (m10) pa[s.y] += w10 * go;
+              if (m11) pa[s.y + s.x] += w11 * go;
+            }
+          }
+          if (blocks == 1) {
+            gg[(n * P + p) * 2] = static_cast<scalar_t>(ax * dx);
+            gg[(n * P + p) * 2 + 1] = static_cast<scalar_t>(ay * dy);
+          } else {
+            T* q = partial.data() + ((blk * N + n) * P + p) * 2;
+            q[0] = ax;
+            q[1] = ay;
+          }
+        }
+      }
+    }
+  });
+  if (blocks > 1) {
+    at::parallel_for(0, N * P, 1024, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        T sx = T(0), sy = T(0);
+        for (int64_t blk = 0; blk < blocks; ++blk) {
+          sx += partial[(blk * N * P + i) * 2];
+          sy += partial[(blk * N * P + i) * 2 + 1];
+        }
+        T dx, dy;
+        source_coordinate(static_cast<T>(gr[2 * i]), W, padding, align_corners, dx);
+        source_coordinate(static_cast<T>(gr[2 * i + 1]), H, padding, align_corners, dy);
+        gg[2 * i] = static_cast<scalar_t>(sx * dx);
+        gg[2 * i + 1] = static_cast<scalar_t>(sy * dy);
+      }
+    });
+  }
+  });
+}
+
 std::tuple<at::Tensor, at::Tensor> grid_sample_backward_cpu(const at::Tensor& grad, const at::Tensor& input,
                                                             const at::Tensor& grid, int64_t interpolation_mode,
                                                             int64_t padding_mode, bool align_corners,
@@ -389,6 +488,18 @@ std::tuple<at::Tensor, at::Tensor> grid_sample_backward_cpu(const at::Tensor& gr
   const auto gr = grid.contiguous();
   at::Tensor grad_input = at::empty({0}, input.options());
   at::Tensor grad_grid = at::empty({0}, grid.options());
+  if (output_mask[0] && output_mask[1]) {
+    const auto acc_type = at::toOpMathType(input.scalar_type());
+    auto acc = at::empty(input.sizes(), input.options().dtype(acc_type), fmt).zero_();
+    grad_grid = at::zeros(grid.sizes(), grid.options());
+    if (acc.numel() != 0 && g.numel() != 0) {
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "grid_sample_backward_cpu", [&] {
+        both_grads_impl<scalar_t>(g, in, gr, acc, grad_grid, interp, padding, align_corners);
+      });
+    }
+    grad_input = acc.scalar_type() == input.scalar_type() ? acc : acc.to(input.scalar_type());
+    return {grad_input, grad_grid};
+  }
   if (output_mask[0]) {
     const auto acc_type = at::toOpMathType(input.scalar_type());
     auto acc = at::empty(input.sizes(), input.options().dtype(acc_type), fmt).zero_();
@@ -449,6 +560,8 @@ std::tuple<at::Tensor, at::Tensor> tps_grid_backward_cpu(const at::Tensor& grad_
               ": grad_grid must be a tensor [B, H, W, 2], got ", grad_grid.sizes());
   TORCH_CHECK(kernel_weights.dim() == 3 && kernel_weights.size(2) == 2 && target_points.sizes() == kernel_weights.sizes(),
               op, ": kernel_weights and target_points must be tensors [B, K, 2] of the same shape");
+  TORCH_CHECK(grad_grid.scalar_type() == kernel_weights.scalar_type(), op,
+              ": grad_grid must have the dtype of kernel_weights");
   const int64_t B = kernel_weights.size(0), K = kernel_weights.size(1);
   const int64_t OH = grad_grid.size(1), OW = grad_grid.size(2);
   auto grad_kw = at::zeros({B, K, 2}, kernel_weights.options().dtype(at::kDouble));
