@@ -35,4 +35,26 @@ TORCH_LIBRARY(visionops, m) {
   // log-probability of each best labelling [N], float32 or float64)
   m.def("ctc_beam_search_decode(Tensor log_probs, Tensor input_lengths, int beam_width, int blank) "
         "-> (Tensor, Tensor, Tensor)");
+  // ---- sampling: grid_sample, fused affine (STN) and thin-plate-spline (RARE) warps.
+  // interpolation_mode: 0 bilinear, 1 nearest; padding_mode: 0 zeros, 1 border, 2 reflection.
+  m.def(
+      "grid_sample(Tensor input, Tensor grid, int interpolation_mode, int padding_mode, bool align_corners) "
+      "-> Tensor");
+  // output_mask: (input, grid) gradients wanted; an unwanted one is returned as an empty tensor [0]
+  m.def(
+      "_grid_sample_backward(Tensor grad, Tensor input, Tensor grid, int interpolation_mode, int padding_mode, "
+      "bool align_corners, bool[2] output_mask) -> (Tensor, Tensor)");
+  m.def(
+      "affine_grid_sample(Tensor input, Tensor theta, SymInt height, SymInt width, int interpolation_mode, "
+      "int padding_mode, bool align_corners) -> Tensor");
+  m.def(
+      "tps_grid(Tensor kernel_weights, Tensor affine_weights, Tensor target_points, SymInt height, SymInt width, "
+      "bool align_corners) -> Tensor");
+  // returns (grad_kernel_weights, grad_target_points); the affine part is a matmul done in Python
+  m.def(
+      "_tps_grid_backward(Tensor grad_grid, Tensor kernel_weights, Tensor target_points, bool align_corners) "
+      "-> (Tensor, Tensor)");
+  m.def(
+      "tps_grid_sample(Tensor input, Tensor kernel_weights, Tensor affine_weights, Tensor target_points, "
+      "SymInt height, SymInt width, int interpolation_mode, int padding_mode, bool align_corners) -> Tensor");
 }

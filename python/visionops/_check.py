@@ -130,6 +130,7 @@ def all_checks() -> list[Check]:
         run = _vs_torchvision(op)
         if run is not None:
             checks.append(Check(op, "torchvision", run, 1e-5))
+    checks += sampling_checks()
     return checks
 
 
@@ -147,3 +148,97 @@ def run_checks(devices: list[str]) -> tuple[list[tuple[str, str, str, float, flo
             ok &= passed
             rows.append((check.op, device, check.reference, err, check.tolerance, passed))
     return rows, ok
+
+
+# ---------------------------------------------------------------- sampling
+
+
+def _grid_sample_ramp(device: str) -> float:
+    # bilinear interpolation of a linear ramp is exact at interior points
+    x = _ramp(device)
+    g = torch.Generator().manual_seed(0)
+    grid = (torch.rand(1, 6, 7, 2, generator=g, dtype=torch.float64) * 1.6 - 0.8).to(device)
+    out = ops.grid_sample(x, grid, "bilinear", "zeros", True)
+    px = (grid[..., 0] + 1) / 2 * 23
+    py = (grid[..., 1] + 1) / 2 * 19
+    return (out[0, 0] - (0.5 * px + 2.0 * py + 1.0)[0]).abs().max().item()
+
+
+def _grid_sample_vs_torch(device: str) -> float:
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 3, 9, 11, generator=g).to(device)
+    grid = (torch.rand(2, 5, 6, 2, generator=g) * 3 - 1.5).to(device)
+    err = 0.0
+    for mode in ("bilinear", "nearest"):
+        for padding in ("zeros", "border", "reflection"):
+            for align in (False, True):
+                ours = ops.grid_sample(x, grid, mode, padding, align)
+                ref = F.grid_sample(x, grid, mode, padding, align)
+                err = max(err, (ours - ref).abs().max().item())
+    return err
+
+
+def _affine_worked_example(device: str) -> float:
+    # SEED_NOTES: bilinear read at pixel (1.2, 2.3) of the 4-pixel patch 1, 2 / 3, 4 gives 1.8
+    img = torch.zeros(1, 1, 5, 5, dtype=torch.float64, device=device)
+    img[0, 0, 2, 1], img[0, 0, 2, 2], img[0, 0, 3, 1], img[0, 0, 3, 2] = 1, 2, 3, 4
+    theta = torch.tensor([[[0.0, 0.0, 1.2 / 2 - 1], [0.0, 0.0, 2.3 / 2 - 1]]], dtype=torch.float64, device=device)
+    return abs(ops.affine_grid_sample(img, theta, (1, 1), align_corners=True).item() - 1.8)
+
+
+def _affine_vs_torch(device: str) -> float:
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(4, 2, 12, 13, generator=g).to(device)
+    theta = (torch.eye(2, 3) + 0.3 * torch.randn(4, 2, 3, generator=g)).to(device)
+    ref = F.grid_sample(x, F.affine_grid(theta, [4, 2, 7, 9], align_corners=False), align_corners=False)
+    grid_err = (ops.affine_grid(theta, (4, 2, 7, 9)) - F.affine_grid(theta, [4, 2, 7, 9], align_corners=False))
+    return max((ops.affine_grid_sample(x, theta, (7, 9)) - ref).abs().max().item(), grid_err.abs().max().item())
+
+
+def _tps_identity(device: str) -> float:
+    target = ops.rare_fiducials(20, dtype=torch.float64, device=device)
+    kw, aw = ops.tps_fit(target, target)
+    grid = ops.tps_grid(kw, aw, target, (32, 100))
+    eye = torch.eye(2, 3, dtype=torch.float64, device=device)[None]
+    return (grid - ops.affine_grid(eye, (1, 1, 32, 100))).abs().max().item()
+
+
+def _tps_interpolates(device: str) -> float:
+    # control points on pixel centres (align_corners) must map exactly to the source points
+    target = torch.tensor([[-1.0, -1.0], [1.0, -1.0], [-1.0, 1.0], [1.0, 1.0], [0.0, 0.0], [0.5, -0.5]],
+                          dtype=torch.float64, device=device)
+    g = torch.Generator().manual_seed(3)
+    source = target + 0.2 * torch.randn(6, 2, generator=g, dtype=torch.float64).to(device)
+    kw, aw = ops.tps_fit(source, target)
+    grid = ops.tps_grid(kw, aw, target, (5, 5), align_corners=True)[0]  # pixel i at -1 + i / 2
+    idx = [(0, 0), (0, 4), (4, 0), (4, 4), (2, 2), (1, 3)]
+    return max((grid[r, c] - source[k]).abs().max().item() for k, (r, c) in enumerate(idx))
+
+
+def _tps_fused_vs_unfused(device: str) -> float:
+    g = torch.Generator().manual_seed(4)
+    target = ops.rare_fiducials(20, device=device)
+    source = target * 0.8 + 0.05 * torch.randn(20, 2, generator=g).to(device)
+    kw, aw = ops.tps_fit(source, target)
+    x = torch.randn(1, 3, 64, 200, generator=g).to(device)
+    # same float32 coordinates on both paths (torch's own grid_sample rounds the
+    # unnormalisation differently: ~1e-5 of a pixel, so it is not the reference here)
+    ref = ops.grid_sample(x, ops.tps_grid(kw, aw, target, (32, 100)))
+    return (ops.tps_grid_sample(x, kw, aw, target, (32, 100)) - ref).abs().max().item()
+
+
+def sampling_checks() -> list[Check]:
+    return [
+        Check("grid_sample", "linear ramp (exact)", _grid_sample_ramp, 1e-10),
+        Check("grid_sample", "torch F.grid_sample (all modes)", _grid_sample_vs_torch, 1e-5),
+        Check("affine_grid_sample", "SEED_NOTES worked example 1.8", _affine_worked_example, 1e-12),
+        # float32 base coordinates computed vs read from linspace: an ulp of a ~10-pixel coordinate
+        Check("affine_grid_sample", "torch grid_sample(affine_grid)", _affine_vs_torch, 5e-5),
+        Check("tps_grid", "identity when source == target", _tps_identity, 1e-9),
+        Check("tps_fit", "control points interpolated", _tps_interpolates, 1e-10),
+        Check("tps_grid_sample", "grid_sample(tps_grid) (unfused)", _tps_fused_vs_unfused, 1e-6),
+    ]

@@ -2,5 +2,6 @@
 
 from .ctc import CTCLoss
 from .roi import MultiScaleRoIAlign, RoIAlign, RoIPool
+from .sampling import AffineGridSampler, TPSGridSampler
 
-__all__ = ["RoIAlign", "RoIPool", "MultiScaleRoIAlign", "CTCLoss"]
+__all__ = ["RoIAlign", "RoIPool", "MultiScaleRoIAlign", "CTCLoss", "AffineGridSampler", "TPSGridSampler"]
