@@ -19,4 +19,14 @@ TORCH_LIBRARY(visionops, m) {
   m.def(
       "_roi_pool_backward(Tensor grad, Tensor rois, Tensor argmax, float spatial_scale, SymInt pooled_height, "
       "SymInt pooled_width, SymInt batch_size, SymInt channels, SymInt height, SymInt width) -> Tensor");
+
+  // ---- boxes: axis-aligned IoU and NMS (x1, y1, x2, y2); keep indices are int64,
+  // in order of decreasing score (ties: lower index first)
+  m.def("box_iou(Tensor boxes1, Tensor boxes2) -> Tensor");
+  m.def("nms(Tensor boxes, Tensor scores, float iou_threshold) -> Tensor");
+  m.def("batched_nms(Tensor boxes, Tensor scores, Tensor idxs, float iou_threshold) -> Tensor");
+  // fixed-size result: (keep [max_output_size] padded with -1, number kept as a 0-d int64 tensor)
+  m.def(
+      "nms_fixed(Tensor boxes, Tensor scores, Tensor? idxs, float iou_threshold, int max_output_size) "
+      "-> (Tensor, Tensor)");
 }
