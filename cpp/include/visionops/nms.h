@@ -25,7 +25,10 @@
 // the kept boxes. Nothing is copied to the host.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
+#include <limits>
+#include <vector>
 
 #include "visionops/common.h"
 
@@ -81,26 +84,45 @@ struct BoxData {
   T v[D];
 };
 
+// The largest T not above `threshold`: for every T value v (NaN included),
+// v > threshold (in double) exactly when v > threshold_below<T>(threshold), so
+// the comparison can stay in T (and vectorise) without changing any result.
+template <typename T>
+inline T threshold_below(double threshold) {
+  T t = static_cast<T>(threshold);
+  if (static_cast<double>(t) > threshold) t = std::nextafter(t, -std::numeric_limits<T>::infinity());
+  return t;
+}
+
 // Greedy NMS of one segment of boxes already in visiting order.
 // `boxes` and `ids` (n entries each) are used as scratch: they are compacted in
 // place as boxes get suppressed. Calls keep(id) for each kept box, in order;
-// stops after `limit` kept boxes. Returns the number kept.
+// stops after `limit` kept boxes. Returns the number kept. Each round first
+// computes the suppression flags of all live boxes (a loop without
+// dependencies, which the compiler vectorises), then compacts.
 template <typename Overlap, typename T, int D, typename Keep>
 inline int64_t greedy_nms_segment(BoxData<T, D>* boxes, int64_t* ids, int64_t n, const Overlap& overlap,
                                   double threshold, int64_t limit, Keep&& keep) {
   static_assert(Overlap::kDim == D, "box data must hold Overlap::kDim numbers per box");
+  const T thr = threshold_below<T>(threshold);
+  std::vector<uint8_t> flags(n);
   int64_t alive = n, kept = 0;
   for (int64_t pos = 0; pos < alive && kept < limit; ++pos, ++kept) {
     keep(ids[pos]);
     const BoxData<T, D> current = boxes[pos];
-    int64_t out = pos + 1;
-    for (int64_t k = pos + 1; k < alive; ++k) {
-      const bool suppressed = static_cast<double>(overlap(current.v, boxes[k].v)) > threshold;
-      boxes[out] = boxes[k];
-      ids[out] = ids[k];
-      out += suppressed ? 0 : 1;
+    BoxData<T, D>* rest = boxes + pos + 1;
+    int64_t* rest_ids = ids + pos + 1;
+    const int64_t m = alive - pos - 1;
+    uint8_t* f = flags.data();
+#pragma omp simd
+    for (int64_t k = 0; k < m; ++k) f[k] = overlap(current.v, rest[k].v) > thr ? 1 : 0;
+    int64_t out = 0;
+    for (int64_t k = 0; k < m; ++k) {
+      rest[out] = rest[k];
+      rest_ids[out] = rest_ids[k];
+      out += 1 - f[k];
     }
-    alive = out;
+    alive = pos + 1 + out;
   }
   return kept;
 }
