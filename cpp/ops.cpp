@@ -29,4 +29,24 @@ TORCH_LIBRARY(visionops, m) {
   m.def(
       "nms_fixed(Tensor boxes, Tensor scores, Tensor? idxs, float iou_threshold, int max_output_size) "
       "-> (Tensor, Tensor)");
+
+  // ---- rotated: rotated boxes (cx, cy, w, h, angle in degrees ccw), RRPN
+  // mode: 0 = iou, 1 = iof (intersection over the area of boxes1); aligned: pairwise [N] instead of [N, M]
+  m.def("box_iou_rotated(Tensor boxes1, Tensor boxes2, int mode, bool aligned) -> Tensor");
+  // rois [K, 6] (batch_index, cx, cy, w, h, angle_degrees_ccw)
+  m.def(
+      "roi_align_rotated(Tensor input, Tensor rois, float spatial_scale, SymInt pooled_height, "
+      "SymInt pooled_width, int sampling_ratio, bool aligned) -> Tensor");
+  m.def(
+      "_roi_align_rotated_backward(Tensor grad, Tensor rois, float spatial_scale, SymInt pooled_height, "
+      "SymInt pooled_width, SymInt batch_size, SymInt channels, SymInt height, SymInt width, int sampling_ratio, "
+      "bool aligned) -> Tensor");
+  // returns (output, argmax); argmax holds h * W + w of the max cell, -1 for empty bins
+  m.def(
+      "roi_pool_rotated(Tensor input, Tensor rois, float spatial_scale, SymInt pooled_height, SymInt pooled_width) "
+      "-> (Tensor, Tensor)");
+  m.def(
+      "_roi_pool_rotated_backward(Tensor grad, Tensor rois, Tensor argmax, float spatial_scale, "
+      "SymInt pooled_height, SymInt pooled_width, SymInt batch_size, SymInt channels, SymInt height, "
+      "SymInt width) -> Tensor");
 }
