@@ -49,4 +49,8 @@ TORCH_LIBRARY(visionops, m) {
       "_roi_pool_rotated_backward(Tensor grad, Tensor rois, Tensor argmax, float spatial_scale, "
       "SymInt pooled_height, SymInt pooled_width, SymInt batch_size, SymInt channels, SymInt height, "
       "SymInt width) -> Tensor");
+
+  // rotated NMS (generic NMS of nms.h with the rotated IoU); same conventions as nms / batched_nms
+  m.def("nms_rotated(Tensor boxes, Tensor scores, float iou_threshold) -> Tensor");
+  m.def("batched_nms_rotated(Tensor boxes, Tensor scores, Tensor idxs, float iou_threshold) -> Tensor");
 }

@@ -56,3 +56,18 @@ def nms_reference(boxes: Tensor, scores: Tensor, iou_threshold: float, idxs: Ten
         same = cls == cls[i]
         suppressed |= same & (iou_one_to_many(b[i], b).astype(np.float64) > thr)
     return torch.tensor(keep, dtype=torch.int64)
+
+
+def greedy_nms_from_iou(iou: np.ndarray, scores: Tensor, iou_threshold: float, idxs: Tensor | None = None) -> Tensor:
+    """Greedy NMS given the full [N, N] float64 IoU matrix (for any box type)."""
+    s = scores.detach().cpu().double().numpy()
+    n = len(s)
+    cls = idxs.cpu().numpy() if idxs is not None else np.zeros(n, dtype=np.int64)
+    suppressed = np.zeros(n, dtype=bool)
+    keep = []
+    for i in np.argsort(-s, kind="stable"):
+        if suppressed[i]:
+            continue
+        keep.append(i)
+        suppressed |= (cls == cls[i]) & (iou[i] > np.float64(iou_threshold))
+    return torch.tensor(keep, dtype=torch.int64)

@@ -4,11 +4,11 @@
 //
 //   struct Overlap {
 //     static constexpr int kDim = ...;                 // numbers per box
-//     template <typename T> VISIONOPS_HOST_DEVICE T operator()(const T* a, const T* b) const;
+//     template <typename T> VISIONOPS_HOST_DEVICE R operator()(const T* a, const T* b) const;
 //   };
 //
 // that returns the overlap (IoU) of two boxes stored as kDim numbers of the
-// accumulation type T. A box j is suppressed by a kept box i when
+// accumulation type T, as a floating type R (T itself, or double). A box j is suppressed by a kept box i when
 // overlap(i, j) > threshold (strict; a NaN overlap never suppresses).
 // Axis-aligned boxes use BoxIoU below; rotated boxes plug their IoU in the same way.
 //
@@ -104,7 +104,9 @@ template <typename Overlap, typename T, int D, typename Keep>
 inline int64_t greedy_nms_segment(BoxData<T, D>* boxes, int64_t* ids, int64_t n, const Overlap& overlap,
                                   double threshold, int64_t limit, Keep&& keep) {
   static_assert(Overlap::kDim == D, "box data must hold Overlap::kDim numbers per box");
-  const T thr = threshold_below<T>(threshold);
+  // compare in the functor's result type (T for BoxIoU, double for rotated IoU)
+  using R = decltype(overlap(boxes[0].v, boxes[0].v));
+  const R thr = threshold_below<R>(threshold);
   std::vector<uint8_t> flags(n);
   int64_t alive = n, kept = 0;
   for (int64_t pos = 0; pos < alive && kept < limit; ++pos, ++kept) {

@@ -143,8 +143,12 @@ namespace nms_detail {
 
 constexpr int kThreads = 256;
 
+// Kernels are templates so that every .cu including this header can share them
+// (a plain __global__ function would be defined once per translation unit).
+
 // dst[index[i]] = src[i] (index a permutation)
-__global__ void scatter_flags_kernel(const uint8_t* __restrict__ src, const int64_t* __restrict__ index, int64_t n,
+template <typename Index>
+__global__ void scatter_flags_kernel(const uint8_t* __restrict__ src, const Index* __restrict__ index, int64_t n,
                                      uint8_t* __restrict__ dst) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(blockDim.x) * gridDim.x)
@@ -153,13 +157,14 @@ __global__ void scatter_flags_kernel(const uint8_t* __restrict__ src, const int6
 
 // out[rank - 1] = order[i] for every kept i (rank = inclusive prefix count of
 // kept flags) while rank <= capacity; count = min(total, capacity).
-__global__ void compact_kept_kernel(const uint8_t* __restrict__ flags, const int64_t* __restrict__ rank,
-                                    const int64_t* __restrict__ order, int64_t n, int64_t capacity,
-                                    int64_t* __restrict__ out, int64_t* __restrict__ count) {
+template <typename Index>
+__global__ void compact_kept_kernel(const uint8_t* __restrict__ flags, const Index* __restrict__ rank,
+                                    const Index* __restrict__ order, int64_t n, int64_t capacity,
+                                    Index* __restrict__ out, Index* __restrict__ count) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(blockDim.x) * gridDim.x) {
     if (flags[i] && rank[i] <= capacity) out[rank[i] - 1] = order[i];
-    if (i == n - 1) *count = min(rank[i], capacity);
+    if (i == n - 1) *count = min(static_cast<int64_t>(rank[i]), capacity);
   }
 }
 
@@ -222,13 +227,13 @@ std::tuple<at::Tensor, at::Tensor> nms_cuda_padded(const at::Tensor& boxes_in, c
     flags = at::empty_like(kept);
     // flags[j] for score-order position j: visit = order[perm], so visiting
     // position p holds score position perm[p]
-    scatter_flags_kernel<<<blocks_for(n), kThreads, 0, stream>>>(kept.const_data_ptr<uint8_t>(),
+    scatter_flags_kernel<int64_t><<<blocks_for(n), kThreads, 0, stream>>>(kept.const_data_ptr<uint8_t>(),
                                                                  perm.const_data_ptr<int64_t>(), n,
                                                                  flags.data_ptr<uint8_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   const at::Tensor rank = flags.cumsum(0, at::kLong);
-  compact_kept_kernel<<<blocks_for(n), kThreads, 0, stream>>>(flags.const_data_ptr<uint8_t>(),
+  compact_kept_kernel<int64_t><<<blocks_for(n), kThreads, 0, stream>>>(flags.const_data_ptr<uint8_t>(),
                                                               rank.const_data_ptr<int64_t>(),
                                                               order.const_data_ptr<int64_t>(), n, capacity,
                                                               out.data_ptr<int64_t>(), count.data_ptr<int64_t>());
