@@ -57,4 +57,37 @@ TORCH_LIBRARY(visionops, m) {
   m.def(
       "tps_grid_sample(Tensor input, Tensor kernel_weights, Tensor affine_weights, Tensor target_points, "
       "SymInt height, SymInt width, int interpolation_mode, int padding_mode, bool align_corners) -> Tensor");
+  // ---- boxes: axis-aligned IoU and NMS (x1, y1, x2, y2); keep indices are int64,
+  // in order of decreasing score (ties: lower index first)
+  m.def("box_iou(Tensor boxes1, Tensor boxes2) -> Tensor");
+  m.def("nms(Tensor boxes, Tensor scores, float iou_threshold) -> Tensor");
+  m.def("batched_nms(Tensor boxes, Tensor scores, Tensor idxs, float iou_threshold) -> Tensor");
+  // fixed-size result: (keep [max_output_size] padded with -1, number kept as a 0-d int64 tensor)
+  m.def(
+      "nms_fixed(Tensor boxes, Tensor scores, Tensor? idxs, float iou_threshold, int max_output_size) "
+      "-> (Tensor, Tensor)");
+
+  // ---- rotated: rotated boxes (cx, cy, w, h, angle in degrees ccw), RRPN
+  // mode: 0 = iou, 1 = iof (intersection over the area of boxes1); aligned: pairwise [N] instead of [N, M]
+  m.def("box_iou_rotated(Tensor boxes1, Tensor boxes2, int mode, bool aligned) -> Tensor");
+  // rois [K, 6] (batch_index, cx, cy, w, h, angle_degrees_ccw)
+  m.def(
+      "roi_align_rotated(Tensor input, Tensor rois, float spatial_scale, SymInt pooled_height, "
+      "SymInt pooled_width, int sampling_ratio, bool aligned) -> Tensor");
+  m.def(
+      "_roi_align_rotated_backward(Tensor grad, Tensor rois, float spatial_scale, SymInt pooled_height, "
+      "SymInt pooled_width, SymInt batch_size, SymInt channels, SymInt height, SymInt width, int sampling_ratio, "
+      "bool aligned) -> Tensor");
+  // returns (output, argmax); argmax holds h * W + w of the max cell, -1 for empty bins
+  m.def(
+      "roi_pool_rotated(Tensor input, Tensor rois, float spatial_scale, SymInt pooled_height, SymInt pooled_width) "
+      "-> (Tensor, Tensor)");
+  m.def(
+      "_roi_pool_rotated_backward(Tensor grad, Tensor rois, Tensor argmax, float spatial_scale, "
+      "SymInt pooled_height, SymInt pooled_width, SymInt batch_size, SymInt channels, SymInt height, "
+      "SymInt width) -> Tensor");
+
+  // rotated NMS (generic NMS of nms.h with the rotated IoU); same conventions as nms / batched_nms
+  m.def("nms_rotated(Tensor boxes, Tensor scores, float iou_threshold) -> Tensor");
+  m.def("batched_nms_rotated(Tensor boxes, Tensor scores, Tensor idxs, float iou_threshold) -> Tensor");
 }

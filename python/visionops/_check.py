@@ -115,6 +115,42 @@ def _ctc_beam_two_steps(device: str) -> float:
     lp = torch.tensor([[0.4, 0.6], [0.4, 0.6]], dtype=torch.float64, device=device).log().unsqueeze(1)
     (seq,), scores = ops.ctc_beam_search_decode(lp, [2])
     return abs(scores.exp().item() - 0.84) + (0.0 if seq.tolist() == [1] else 1.0)
+def _nms_worked_example(device: str) -> float:
+    # three boxes: IoU(0, 1) = 81/100 > 0.5 suppresses box 1; box 2 is disjoint
+    boxes = torch.tensor([[0.0, 0, 10, 10], [1, 1, 10, 10], [20, 20, 30, 30]], device=device)
+    scores = torch.tensor([0.9, 0.8, 0.7], device=device)
+    keep = ops.nms(boxes, scores, 0.5).tolist()
+    keep_fixed, count = ops.nms_fixed(boxes, scores, 0.5, 3)
+    batched = ops.batched_nms(boxes, scores, torch.tensor([0, 1, 0], device=device), 0.5).tolist()
+    iou = ops.box_iou(boxes[:1], boxes).cpu()
+    errors = [keep != [0, 2], keep_fixed.tolist() != [0, 2, -1], count.item() != 2, batched != [0, 1, 2]]
+    return float(any(errors)) + (iou - torch.tensor([[1.0, 0.81, 0.0]])).abs().max().item()
+
+
+def _boxes_vs_torchvision(op: str) -> Optional[Callable[[str], float]]:
+    try:
+        import torchvision
+    except ImportError:
+        return None
+
+    def run(device: str) -> float:
+        from .data import random_boxes
+
+        g = torch.Generator().manual_seed(0)
+        boxes = random_boxes(2000, (800, 1088), min_size=8, max_size=300, generator=g).to(device)
+        scores = torch.rand(2000, generator=g).to(device)
+        idxs = torch.randint(0, 80, (2000,), generator=g).to(device)
+        if op == "box_iou":
+            return (ops.box_iou(boxes, boxes[:500]) - torchvision.ops.box_iou(boxes, boxes[:500])).abs().max().item()
+        if op == "nms":
+            ours, ref = ops.nms(boxes, scores, 0.5), torchvision.ops.nms(boxes, scores, 0.5)
+        else:
+            ours = ops.batched_nms(boxes, scores, idxs, 0.5)
+            ref = torchvision.ops.boxes._batched_nms_vanilla(boxes, scores, idxs, 0.5)
+        # an index mismatch counts as an error of 1
+        return 0.0 if torch.equal(ours.cpu(), ref.cpu()) else 1.0
+
+    return run
 
 
 def all_checks() -> list[Check]:
@@ -131,6 +167,11 @@ def all_checks() -> list[Check]:
         if run is not None:
             checks.append(Check(op, "torchvision", run, 1e-5))
     checks += sampling_checks()
+    checks.append(Check("nms_fixed", "worked example, 4 ops", _nms_worked_example, 1e-6))
+    for op in ("box_iou", "nms", "batched_nms"):
+        run = _boxes_vs_torchvision(op)
+        if run is not None:
+            checks.append(Check(op, "torchvision", run, 0.0))
     return checks
 
 

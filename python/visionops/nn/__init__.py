@@ -2,6 +2,16 @@
 
 from .ctc import CTCLoss
 from .roi import MultiScaleRoIAlign, RoIAlign, RoIPool
+from .rotated import RoIAlignRotated, RoIPoolRotated
 from .sampling import AffineGridSampler, TPSGridSampler
 
-__all__ = ["RoIAlign", "RoIPool", "MultiScaleRoIAlign", "CTCLoss", "AffineGridSampler", "TPSGridSampler"]
+__all__ = [
+    "RoIAlign",
+    "RoIPool",
+    "MultiScaleRoIAlign",
+    "RoIAlignRotated",
+    "RoIPoolRotated",
+    "CTCLoss",
+    "AffineGridSampler",
+    "TPSGridSampler",
+]
