@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <limits>
 #include <unordered_map>
 #include <vector>
@@ -149,7 +150,9 @@ void exp_diff_row(const acc_t* v, const acc_t* m, acc_t* out, int64_t begin, int
 
 #ifdef VISIONOPS_CTC_AVX2
 bool have_avx2() {
-  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  // VISIONOPS_NO_SIMD=1 forces the scalar path (to test it on AVX2 machines)
+  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                         std::getenv("VISIONOPS_NO_SIMD") == nullptr;
   return ok;
 }
 
