@@ -363,7 +363,7 @@ at::Tensor ctc_loss_backward_cpu(const at::Tensor& grad_, const at::Tensor& log_
   const auto tl = target_lengths_.to(at::kLong).contiguous();
   const auto offsets = ctc_target_offsets(targets, tl);
   const auto log_alpha = log_alpha_.contiguous();
-  const auto grad = grad_.contiguous();
+  const auto grad = grad_.to(log_probs.scalar_type()).contiguous();
   const int64_t Sp = log_alpha.size(2);
 
   // exp(log_probs) is the dense part of every row: for float and double ATen's
