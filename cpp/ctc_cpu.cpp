@@ -8,6 +8,10 @@
 // distinct label, so the only saved state is log_alpha [N, T, 2S + 1] and the
 // extra memory is O(S) per thread (torch also materialises log_beta).
 // Each sample writes only its own gradient rows: no races, deterministic.
+// Both recursions visit only the cells on some complete path (ctc.h window);
+// for float32 a step's positions go 8 at a time through AVX2 (row kernels
+// below). The dense part of the gradient, g * exp(log_probs), is one pass over
+// the rows (ATen's exp then a scaling pass for large inputs).
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -15,6 +19,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <limits>
 #include <unordered_map>
 #include <vector>
@@ -149,7 +154,9 @@ void exp_diff_row(const acc_t* v, const acc_t* m, acc_t* out, int64_t begin, int
 
 #ifdef VISIONOPS_CTC_AVX2
 bool have_avx2() {
-  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  // VISIONOPS_NO_SIMD=1 forces the scalar path (to test it on AVX2 machines)
+  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                         std::getenv("VISIONOPS_NO_SIMD") == nullptr;
   return ok;
 }
 
@@ -225,6 +232,33 @@ void exp_diff_row(const float* v, const float* m, float* out, int64_t begin, int
 }
 #endif
 
+// Work (cells or elements) below which a loop runs on one thread: a parallel
+// region costs more than that much arithmetic, and far more on a loaded machine.
+constexpr int64_t kSerialWork = 1 << 17;
+
+// samples per task for per-sample loops of `cells_per_sample` cells each
+int64_t grain_for(int64_t cells_per_sample) { return std::max<int64_t>(1, kSerialWork / std::max<int64_t>(cells_per_sample, 1)); }
+
+// out[c] = exp(lp[c]) * g
+template <typename scalar_t, typename acc_t>
+void exp_scale_row(const scalar_t* lp, scalar_t* out, int64_t C, acc_t g) {
+  for (int64_t c = 0; c < C; ++c) out[c] = static_cast<scalar_t>(ctc::exp_(acc_t(lp[c])) * g);
+}
+
+#ifdef VISIONOPS_CTC_AVX2
+__attribute__((target("avx2,fma"))) int64_t exp_scale_row_avx2(const float* lp, float* out, int64_t C, float g) {
+  const __m256 gv = _mm256_set1_ps(g);
+  int64_t c = 0;
+  for (; c + 8 <= C; c += 8) _mm256_storeu_ps(out + c, _mm256_mul_ps(Sleef_expf8_u10(_mm256_loadu_ps(lp + c)), gv));
+  return c;
+}
+
+void exp_scale_row(const float* lp, float* out, int64_t C, float g) {
+  const int64_t rest = have_avx2() ? exp_scale_row_avx2(lp, out, C, g) : 0;
+  exp_scale_row<float, float>(lp + rest, out + rest, C - rest, g);
+}
+#endif
+
 template <typename acc_t>
 void fill_skip(const int64_t* target, int64_t s_len, std::vector<acc_t>& skip) {
   skip.assign(s_len + 2, neg_inf<acc_t>());
@@ -260,7 +294,7 @@ std::tuple<at::Tensor, at::Tensor> ctc_loss_forward_cpu(const at::Tensor& log_pr
     const int64_t* off = offsets.const_data_ptr<int64_t>();
     acc_t* la_all = log_alpha.data_ptr<acc_t>();
     scalar_t* out = nll.data_ptr<scalar_t>();
-    at::parallel_for(0, N, 1, [&](int64_t b0, int64_t b1) {
+    at::parallel_for(0, N, grain_for(T * Sp), [&](int64_t b0, int64_t b1) {
       std::vector<int64_t> z(Sp);
       std::vector<acc_t> emit(Sp), skip;
       for (int64_t b = b0; b < b1; ++b) {
@@ -329,13 +363,16 @@ at::Tensor ctc_loss_backward_cpu(const at::Tensor& grad_, const at::Tensor& log_
   const auto tl = target_lengths_.to(at::kLong).contiguous();
   const auto offsets = ctc_target_offsets(targets, tl);
   const auto log_alpha = log_alpha_.contiguous();
-  const auto grad = grad_.contiguous();
+  const auto grad = grad_.to(log_probs.scalar_type()).contiguous();
   const int64_t Sp = log_alpha.size(2);
 
   // exp(log_probs) is the dense part of every row: for float and double ATen's
   // vectorised exp computes it, the per-sample loop below scales it in place.
-  const bool dense_exp = log_probs.scalar_type() == at::kFloat || log_probs.scalar_type() == at::kDouble;
-  auto grad_lp = dense_exp ? at::exp(log_probs) : at::empty_like(log_probs);
+  // Large float/double inputs: ATen's exp (AVX-512 where the CPU has it) then a
+  // scaling pass beats one fused AVX2 pass; small ones stay in one serial pass.
+  const bool aten_exp = (log_probs.scalar_type() == at::kFloat || log_probs.scalar_type() == at::kDouble) &&
+                        log_probs.numel() >= kSerialWork;
+  auto grad_lp = aten_exp ? at::exp(log_probs) : at::empty_like(log_probs, at::MemoryFormat::Contiguous);
   if (grad_lp.numel() == 0) return grad_lp;
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, log_probs.scalar_type(), "ctc_loss_backward_cpu", [&] {
@@ -349,7 +386,32 @@ at::Tensor ctc_loss_backward_cpu(const at::Tensor& grad_, const at::Tensor& log_
     const scalar_t* gp = grad.const_data_ptr<scalar_t>();
     scalar_t* out = grad_lp.data_ptr<scalar_t>();
     constexpr acc_t inf = std::numeric_limits<acc_t>::infinity();
-    at::parallel_for(0, N, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<acc_t> nll_of(N);
+    for (int64_t b = 0; b < N; ++b) {
+      const int64_t Tb = ilp[b], L = tlp[b];
+      nll_of[b] = Tb == 0 ? (L == 0 ? acc_t(0) : inf) : ctc::nll_from_last_row(la_all + (b * T + Tb - 1) * Sp, L);
+    }
+    // dense part, parallel over rows: g * exp(lp) for t < Tb; 0 past the input
+    // and for zeroed infinities; NaN for an infinite loss (torch: -inf + inf)
+    at::parallel_for(0, T * N, std::max<int64_t>(1, kSerialWork / std::max<int64_t>(C, 1)), [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t t = r / N, b = r % N;
+        scalar_t* row = out + r * C;
+        const bool infeasible = nll_of[b] == inf;
+        if (t >= ilp[b] || (infeasible && zero_infinity)) {
+          std::fill(row, row + C, scalar_t(0));
+        } else if (infeasible) {
+          std::fill(row, row + C, scalar_t(std::numeric_limits<acc_t>::quiet_NaN()));
+        } else if (aten_exp) {
+          const acc_t g = acc_t(gp[b]);
+          for (int64_t c = 0; c < C; ++c) row[c] = static_cast<scalar_t>(acc_t(row[c]) * g);
+        } else {
+          exp_scale_row(lp + r * C, row, C, acc_t(gp[b]));
+        }
+      }
+    });
+    // sparse part, parallel over samples: the entries of the target's classes
+    at::parallel_for(0, N, grain_for(T * Sp), [&](int64_t b0, int64_t b1) {
       std::vector<acc_t> beta, emit, skip, group_max, occ_max, occ_sum;
       std::vector<int64_t> z;
       std::vector<int64_t> first;  // first position s' <= s with z_s' == z_s
@@ -359,24 +421,8 @@ at::Tensor ctc_loss_backward_cpu(const at::Tensor& grad_, const at::Tensor& log_
         const int64_t* target = tg + off[b];
         const acc_t* la = la_all + b * T * Sp;
         const acc_t g = acc_t(gp[b]);
-        const acc_t nll = Tb == 0 ? (L == 0 ? acc_t(0) : inf) : ctc::nll_from_last_row(la + (Tb - 1) * Sp, L);
+        const acc_t nll = nll_of[b];
         const bool infeasible = nll == inf;
-
-        // dense part: g * exp(lp) for t < Tb; 0 past the input and for
-        // zeroed infinities; NaN for an infinite loss (torch: -inf + inf)
-        for (int64_t t = 0; t < T; ++t) {
-          scalar_t* row = out + (t * N + b) * C;
-          if (t >= Tb || (infeasible && zero_infinity)) {
-            std::fill(row, row + C, scalar_t(0));
-          } else if (infeasible) {
-            std::fill(row, row + C, scalar_t(std::numeric_limits<acc_t>::quiet_NaN()));
-          } else if (dense_exp) {
-            for (int64_t c = 0; c < C; ++c) row[c] = static_cast<scalar_t>(acc_t(row[c]) * g);
-          } else {
-            const scalar_t* lpt = lp + (t * N + b) * C;
-            for (int64_t c = 0; c < C; ++c) row[c] = static_cast<scalar_t>(ctc::exp_(acc_t(lpt[c])) * g);
-          }
-        }
         if (infeasible || Tb == 0) continue;
 
         first.assign(s_len, 0);

@@ -301,6 +301,35 @@ def test_backward_is_deterministic(device):
     assert torch.equal(grads[0], grads[1])
 
 
+_SCALAR_SCRIPT = """
+import torch, torch.nn.functional as F, visionops
+g = torch.Generator().manual_seed(15)
+x = torch.randn(120, 6, 40, generator=g).log_softmax(2).requires_grad_(True)
+targets = torch.randint(1, 40, (6, 33), generator=g)
+targets[0, :10] = 3
+il, tl = torch.tensor([120, 110, 99, 120, 80, 70]), torch.tensor([33, 20, 33, 5, 30, 33])
+out = []
+for fn in (visionops.ops.ctc_loss, F.ctc_loss):
+    loss = fn(x, targets, il, tl, reduction="none")
+    out.append((loss, torch.autograd.grad(loss.sum(), x)[0]))
+(a, ga), (b, gb) = out
+torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4, equal_nan=True)
+torch.testing.assert_close(ga, gb, rtol=1e-4, atol=1e-4, equal_nan=True)
+"""
+
+
+def test_scalar_cpu_path_matches_torch():
+    # float32 recursions run 8-wide with AVX2 where the CPU has it; the scalar
+    # fallback (forced by VISIONOPS_NO_SIMD, read once per process) must agree too
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, VISIONOPS_NO_SIMD="1")
+    result = subprocess.run([sys.executable, "-c", _SCALAR_SCRIPT], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
 # ---------------------------------------------------------------- edge cases
 
 
