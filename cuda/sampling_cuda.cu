@@ -5,8 +5,10 @@
 // One thread per output point (all channels in a loop), as the sampling
 // coordinate is shared by the channels. The input gradient has two paths:
 // atomics into an opmath buffer, and under torch.use_deterministic_algorithms(True)
-// one thread per (image, channel) plane that visits the output points in order
-// (bit-identical from run to run, slower: it serialises each plane). TPS
+// index_put_(accumulate=True) of all contributions, which torch sorts and sums
+// deterministically (bit-identical from run to run); for more than 2^27
+// contributions, one thread per (image, channel) plane visiting the output
+// points in order (also deterministic, slow: it serialises each plane). TPS
 // parameter gradients use fixed per-block partial sums reduced in a fixed order,
 // so they are deterministic on both paths.
 #include <ATen/ATen.h>
@@ -191,6 +193,55 @@ __global__ void input_grad_plane_kernel(const scalar_t* __restrict__ grad, const
   }
 }
 
+// Deterministic input gradient, step 1: the taps of every output point as
+// plane-local cells y * W + x (H * W, a dummy slot, for missing taps) and weights.
+template <typename scalar_t>
+__global__ void taps_kernel(const scalar_t* __restrict__ grid, int64_t* __restrict__ cell,
+                            at::opmath_type<scalar_t>* __restrict__ weight, int64_t points, int64_t H, int64_t W,
+                            Interp interp, Padding padding, bool align_corners) {
+  using T = at::opmath_type<scalar_t>;
+  VISIONOPS_GRID_STRIDE_LOOP(i, points) {
+    int64_t offset[4];
+    T w[4];
+    const int taps = point_taps<T>(H, W, W, 1, static_cast<T>(grid[2 * i]), static_cast<T>(grid[2 * i + 1]), interp,
+                                   padding, align_corners, offset, w);
+    for (int t = 0; t < 4; ++t) {
+      cell[4 * i + t] = t < taps ? offset[t] : H * W;
+      weight[4 * i + t] = t < taps ? w[t] : T(0);
+    }
+  }
+}
+
+// Step 2: every contribution weight * grad goes to index (n * C + c) * (H * W + 1)
+// + cell of a flat buffer through index_put_(accumulate=True), which torch
+// implements deterministically on CUDA (sort by index, then ordered segment sums).
+// Memory: N * C * H_out * W_out * 4 entries; beyond kMaxEntries the slower
+// one-thread-per-plane kernel is used instead.
+constexpr int64_t kMaxEntries = int64_t(1) << 27;
+
+at::Tensor deterministic_input_grad(const at::Tensor& grad, const at::Tensor& grid, int64_t N, int64_t C, int64_t H,
+                                    int64_t W, Interp interp, Padding padding, bool align_corners,
+                                    at::ScalarType acc_type, at::MemoryFormat fmt) {
+  const int64_t P = grid.size(1) * grid.size(2), HW1 = H * W + 1;
+  auto cell = at::empty({N, P * 4}, grid.options().dtype(at::kLong));
+  auto weight = at::empty({N, P * 4}, grid.options().dtype(acc_type));
+  auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grid.scalar_type(), "grid_sample_taps_cuda", [&] {
+    taps_kernel<scalar_t><<<blocks_for(N * P), kThreads, 0, stream>>>(
+        grid.const_data_ptr<scalar_t>(), cell.mutable_data_ptr<int64_t>(),
+        weight.mutable_data_ptr<at::opmath_type<scalar_t>>(), N * P, H, W, interp, padding, align_corners);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  const auto plane = (at::arange(N, cell.options()).view({N, 1}) * C + at::arange(C, cell.options()).view({1, C})) * HW1;
+  const auto index = (plane.unsqueeze(2) + cell.unsqueeze(1)).reshape({-1});
+  const auto values = (weight.view({N, 1, P, 4}) * grad.contiguous().to(acc_type).reshape({N, C, P, 1})).reshape({-1});
+  auto acc = at::zeros({N * C * HW1}, weight.options());
+  c10::List<std::optional<at::Tensor>> indices;
+  indices.push_back(index);
+  acc.index_put_(indices, values, /*accumulate=*/true);
+  return acc.view({N, C, HW1}).narrow(2, 0, H * W).reshape({N, C, H, W}).contiguous(fmt);
+}
+
 std::tuple<at::Tensor, at::Tensor> grid_sample_backward_cuda(const at::Tensor& grad, const at::Tensor& input,
                                                              const at::Tensor& grid, int64_t interpolation_mode,
                                                              int64_t padding_mode, bool align_corners,
@@ -219,8 +270,10 @@ std::tuple<at::Tensor, at::Tensor> grid_sample_backward_cuda(const at::Tensor& g
   if (output_mask[0]) {
     const auto acc_type = at::toOpMathType(input.scalar_type());
     auto acc = at::empty(input.sizes(), input.options().dtype(acc_type), fmt).zero_();
-    if (acc.numel() != 0 && g.numel() != 0) {
-      const bool deterministic = at::globalContext().deterministicAlgorithms();
+    const bool deterministic = at::globalContext().deterministicAlgorithms();
+    if (acc.numel() != 0 && g.numel() != 0 && deterministic && N * C * OH * OW * 4 <= kMaxEntries) {
+      acc = deterministic_input_grad(g, gr, N, C, H, W, interp, padding, align_corners, acc_type, fmt);
+    } else if (acc.numel() != 0 && g.numel() != 0) {
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "grid_sample_backward_cuda", [&] {
         using T = at::opmath_type<scalar_t>;
         if (deterministic) {

@@ -575,6 +575,26 @@ def test_cuda_matches_cpu_on_stn_and_rare_sizes(channels_last):
         torch.testing.assert_close(b.grad.cpu(), a.grad, rtol=1e-3, atol=1e-3)
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device")
+def test_cuda_fused_tps_never_materialises_grid_or_basis():
+    # 1 x 3 x 1024 x 1024 warp, K = 20: the fused forward allocates only its
+    # output; the basis alone would be 1024^2 * 20 * 4 bytes = 80 MiB, the grid 8 MiB.
+    source, target = random_tps(32, 1, 20, dtype=torch.float32)
+    kw, aw = (t.cuda() for t in ops.tps_fit(source, target))
+    target = target.cuda()
+    x = torch.randn(1, 3, 1024, 1024, device="cuda")
+    output_bytes = x.numel() * 4
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    out = ops.tps_grid_sample(x, kw, aw, target, (1024, 1024))
+    torch.cuda.synchronize()
+    extra = torch.cuda.max_memory_allocated() - base
+    assert out.shape == x.shape
+    assert extra <= output_bytes + (1 << 20), f"fused TPS allocated {extra} bytes for a {output_bytes}-byte output"
+
+
 # ---------------------------------------------------------------- modules
 
 
