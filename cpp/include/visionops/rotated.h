@@ -25,9 +25,9 @@
 // How it stays exact enough (the peers' failures listed in issue 4 all come
 // from collecting edge intersections in float and sorting them by angle):
 //  * everything is computed in double, whatever T is;
-//  * box a is expressed in the frame of box b: b becomes the axis-aligned
-//    rectangle [-w/2, w/2] x [-h/2, h/2] and a is rotated by the angle
-//    difference only, so identical angles give an exact identity rotation and
+//  * one box is expressed in the frame of the other (the thinner one): that
+//    one becomes the axis-aligned rectangle [-w/2, w/2] x [-h/2, h/2] and the
+//    first is rotated by the angle difference only, so identical angles give an exact identity rotation and
 //    multiples of 90 degrees give exact 0/1 cosines;
 //  * a's corners are clipped against b's four sides one at a time
 //    (Sutherland-Hodgman). Each side is a coordinate line, so the inside test
@@ -36,6 +36,12 @@
 //    continuous function of the input: nearly identical boxes give nearly
 //    identical areas, no vertex sorting, no special cases;
 //  * the intersection is clamped to min(|a|, |b|), so IoU <= 1 always.
+// Accuracy: the absolute error of the intersection area is about 1e-16 x
+// (longest side or centre distance) x (longest side of the clipped polygon),
+// so the IoU is exact to ~1e-12 while sides and centre distances stay within
+// ~1e8 of each other (1e-3 px boxes next to 1e6 px ones, 1e-30 slivers inside
+// normal boxes). Beyond that (a 1e30-long side beside a 1e-3 box) the value
+// is still finite and in [0, 1], but no longer accurate.
 #pragma once
 
 #include <cmath>
@@ -133,6 +139,17 @@ VISIONOPS_HOST_DEVICE double polygon_area(const double* xs, const double* ys, in
 VISIONOPS_HOST_DEVICE double rotated_intersection_area(double ax, double ay, double aw, double ah, double aa,
                                                        double bx, double by, double bw, double bh, double ba) {
   using namespace rotated_detail;
+  // Work in the frame of the thinner box: its sides become the exact clip lines,
+  // so a sliver (w = 1e-30 next to h = 1e-3) keeps its width instead of losing
+  // it when rotated into the other box's coordinates.
+  if ((aw < ah ? aw : ah) < (bw < bh ? bw : bh)) {
+    double t;
+    t = ax, ax = bx, bx = t;
+    t = ay, ay = by, by = t;
+    t = aw, aw = bw, bw = t;
+    t = ah, ah = bh, bh = t;
+    t = aa, aa = ba, ba = t;
+  }
   const double dx = ax - bx, dy = ay - by;
   // quick rejection: centres further apart than the sum of the half diagonals
   const double reach = 0.5 * (sqrt(aw * aw + ah * ah) + sqrt(bw * bw + bh * bh)) * (1.0 + 1e-9);
@@ -140,7 +157,8 @@ VISIONOPS_HOST_DEVICE double rotated_intersection_area(double ax, double ay, dou
 
   double cb, sb, cd, sd;
   cos_sin_degrees(ba, cb, sb);
-  cos_sin_degrees(aa - ba, cd, sd);
+  // reduce both angles first (exact) so that 1e30 - 1 degrees keeps its "- 1"
+  cos_sin_degrees(fmod(aa, 360.0) - fmod(ba, 360.0), cd, sd);
   // a's centre in b's frame (inverse of the box map in the header comment)
   const double px = cb * dx - sb * dy;
   const double py = sb * dx + cb * dy;
