@@ -680,10 +680,10 @@ def test_huge_and_non_finite_rois_do_not_hang_or_crash(device, op):
     x = torch.randn(1, 2, 6, 6, device=device, requires_grad=True)
     nan, inf = float("nan"), float("inf")
     rois = torch.tensor(
-        [[0, 3.0, 3.0, 1e7, 1e7, 17.0], [0, 3.0, 3.0, 1e9, 3.0, -71.0], [0, nan, 0, 3, 3, 0], [0, 0, 0, inf, 3, 0],
-         [0, 2, 2, 3, 3, nan], [0, 2, 2, -3, 3, 0]], device=device)
+        [[0, 3.0, 3.0, 1e7, 1e7, 17.0], [0, 3.0, 3.0, 1e9, 3.0, -71.0], [0, 3.0, 3.0, 1e12, 1e12, 45.0],
+         [0, nan, 0, 3, 3, 0], [0, 0, 0, inf, 3, 0], [0, 2, 2, 3, 3, nan], [0, 2, 2, -3, 3, 0]], device=device)
     out = getattr(ops, op)(x, rois, 2)
-    assert torch.isfinite(out).all() and (out[2:] == 0).all() and (out[0] != 0).any()
+    assert torch.isfinite(out).all() and (out[3:] == 0).all() and (out[0] != 0).any()
     out.sum().backward()
     assert torch.isfinite(x.grad).all()
 

@@ -199,7 +199,7 @@ def roi_align_rotated_reference(input, rois, output_size, spatial_scale=1.0, sam
         b, cx, cy, w, h, a = vals
         off = 0.5 if aligned else 0.0
         cx, cy = cx * spatial_scale - off, cy * spatial_scale - off
-        w, h = w * spatial_scale, h * spatial_scale
+        w, h = min(w * spatial_scale, 2.0**24), min(h * spatial_scale, 2.0**24)
         if not aligned:
             w, h = max(w, 1.0), max(h, 1.0)
         c, s = cos_sin_degrees(a)
@@ -235,7 +235,8 @@ def roi_pool_rotated_reference(input, rois, output_size, spatial_scale=1.0):
         if vals is None:
             continue
         b, cx, cy, w, h, a = vals
-        cx, cy, w, h = cx * spatial_scale, cy * spatial_scale, w * spatial_scale, h * spatial_scale
+        cx, cy = cx * spatial_scale, cy * spatial_scale
+        w, h = min(w * spatial_scale, 2.0**24), min(h * spatial_scale, 2.0**24)
         c, s = cos_sin_degrees(a)
         bin_w, bin_h = w / pw_n, h / ph_n
         steps_w, steps_h = max(1, math.ceil(bin_w)), max(1, math.ceil(bin_h))

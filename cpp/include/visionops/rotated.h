@@ -295,10 +295,22 @@ struct RotatedLattice {
   }
 };
 
-// Margin for the lattice search: 2 cells plus what float rounding of positions
-// of this magnitude can shift a sample by.
-VISIONOPS_HOST_DEVICE double lattice_margin(double cx, double cy, double w, double h) {
-  return 2.0 + 1e-5 * (fabs(cx) + fabs(cy) + fabs(w) + fabs(h));
+// Margin (in feature cells) for the lattice search: one cell of slack plus what
+// float rounding can shift a sample by. A sample's position is
+// cx + (c u + s v) with |u|, |v| <= (w + h) / 2 and u itself a sum of terms of
+// that size: a few float roundings of magnitude w + h (the final addition of cx
+// rounds relative to the result, which is near the map for the samples that
+// matter). 2e-6 is ~30 float epsilons.
+VISIONOPS_HOST_DEVICE double lattice_margin(double w, double h) { return 1.0 + 2e-6 * (fabs(w) + fabs(h)); }
+
+// Rotated RoIs are at most this many feature cells wide and high (larger ones
+// are clamped). No feature map is that large, and it bounds the lattice margin
+// above, hence the work per bin, for absurd boxes (w = 1e9).
+constexpr double kMaxRotatedRoiSize = 16777216.0;  // 2^24
+
+template <typename T>
+VISIONOPS_HOST_DEVICE T clamp_roi_size(T v) {
+  return v > T(kMaxRotatedRoiSize) ? T(kMaxRotatedRoiSize) : v;
 }
 
 // RoIAlignRotated (detectron2's ROIAlignRotated): bin (ph, pw) averages
@@ -338,14 +350,14 @@ struct RotatedAlignRoi {
     l.v_first = static_cast<double>(start_v) + static_cast<double>(ph) * static_cast<double>(bin_v) + 0.5 * l.v_step;
     l.u_count = grid_u;
     l.v_count = grid_v;
-    l.margin = lattice_margin(l.cx, l.cy, static_cast<double>(start_u) * 2.0, static_cast<double>(start_v) * 2.0);
+    l.margin = lattice_margin(static_cast<double>(start_u) * 2.0, static_cast<double>(start_v) * 2.0);
     return l;
   }
 
   // Radius around (cx, cy) outside which no sample lies (for quick rejection).
   VISIONOPS_HOST_DEVICE double radius() const {
     const double a = static_cast<double>(start_u), b = static_cast<double>(start_v);
-    return sqrt(a * a + b * b) + 2.0 + lattice_margin(static_cast<double>(cx), static_cast<double>(cy), a, b);
+    return sqrt(a * a + b * b) + 2.0 + lattice_margin(2.0 * a, 2.0 * b);
   }
 };
 
@@ -363,8 +375,8 @@ VISIONOPS_HOST_DEVICE RotatedAlignRoi<T> make_rotated_align_roi(const R* roi, T 
   const T offset = aligned ? T(0.5) : T(0);
   r.cx = clamp_coordinate(x * spatial_scale - offset);
   r.cy = clamp_coordinate(y * spatial_scale - offset);
-  T width = ok ? clamp_coordinate(w * spatial_scale) : T(0);
-  T height = ok ? clamp_coordinate(h * spatial_scale) : T(0);
+  T width = ok ? clamp_roi_size(w * spatial_scale) : T(0);
+  T height = ok ? clamp_roi_size(h * spatial_scale) : T(0);
   if (!aligned) {
     width = width > T(1) ? width : T(1);
     height = height > T(1) ? height : T(1);
@@ -431,14 +443,13 @@ struct RotatedPoolRoi {
     l.v_first = static_cast<double>(start_v) + static_cast<double>(ph) * static_cast<double>(bin_v);
     l.u_count = steps_u;
     l.v_count = steps_v;
-    l.margin = lattice_margin(l.cx, l.cy, static_cast<double>(start_u) * 2.0, static_cast<double>(start_v) * 2.0);
+    l.margin = lattice_margin(static_cast<double>(start_u) * 2.0, static_cast<double>(start_v) * 2.0);
     return l;
   }
 
   VISIONOPS_HOST_DEVICE double radius() const {
     const double a = static_cast<double>(start_u), b = static_cast<double>(start_v);
-    return sqrt(a * a + b * b) + 3.0 +
-           lattice_margin(static_cast<double>(cx), static_cast<double>(cy), a, b);
+    return sqrt(a * a + b * b) + 3.0 + lattice_margin(2.0 * a, 2.0 * b);
   }
 };
 
@@ -454,8 +465,8 @@ VISIONOPS_HOST_DEVICE RotatedPoolRoi<T> make_rotated_pool_roi(const R* roi, T sp
   r.batch = ok ? static_cast<int64_t>(b) : -1;
   r.cx = clamp_coordinate(x * spatial_scale);
   r.cy = clamp_coordinate(y * spatial_scale);
-  const T width = ok ? clamp_coordinate(w * spatial_scale) : T(0);
-  const T height = ok ? clamp_coordinate(h * spatial_scale) : T(0);
+  const T width = ok ? clamp_roi_size(w * spatial_scale) : T(0);
+  const T height = ok ? clamp_roi_size(h * spatial_scale) : T(0);
   double cd = 1.0, sd = 0.0;
   if (ok) rotated_detail::cos_sin_degrees(static_cast<double>(a), cd, sd);
   r.c = static_cast<T>(cd);
