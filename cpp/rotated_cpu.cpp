@@ -291,18 +291,21 @@ void roi_pool_rotated_forward_impl(const at::Tensor& input, const at::Tensor& ro
       scalar_t* o = out + k * C * PH * PW + c * L.oc;
       int64_t* a = arg + k * C * PH * PW + c * L.oc;
       for (int64_t bin = 0; bin < PH * PW; ++bin) {
+        const int64_t q0 = t.start[bin], q1 = t.start[bin + 1];
         T best = T(0);
         int64_t best_cell = -1;
-        for (int64_t q = t.start[bin]; q < t.start[bin + 1]; ++q) {
-          const T v = static_cast<T>(plane[t.cell[q] * L.px]);
-          if (best_cell < 0 || v > best) {
-            best = v;
-            best_cell = t.cell[q];
-          } else if (!(v == v)) {
-            best = v;
-            best_cell = t.cell[q];
+        if (q0 < q1) {
+          best_cell = t.cell[q0];
+          best = static_cast<T>(plane[best_cell * L.px]);
+          // first maximum wins; a NaN (the only v with !(v <= best) other than
+          // v > best) is taken and ends the bin, so NaN propagates as in torch.max
+          for (int64_t q = q0 + 1; q < q1 && best == best; ++q) {
+            const T v = static_cast<T>(plane[t.cell[q] * L.px]);
+            if (!(v <= best)) {
+              best = v;
+              best_cell = t.cell[q];
+            }
           }
-          if (!(best == best)) break;  // NaN propagates (as torch.max)
         }
         o[bin * L.obin] = static_cast<scalar_t>(best);
         a[bin * L.obin] = best_cell;
