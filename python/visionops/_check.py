@@ -123,10 +123,8 @@ def _roi_align_rotated_ramp(device: str) -> float:
 def _roi_pool_rotated_vs_roi_pool(device: str) -> float:
     # at angle 0 a rotated RoI with centre (x1 + x2) / 2 and size x2 - x1 + 1 over
     # integer corners visits exactly the cells of RoIPool's box (x1, y1, x2, y2)
-    try:
-        import torchvision
-    except ImportError:
-        return 0.0
+    import torchvision
+
     g = torch.Generator().manual_seed(0)
     x = torch.randn(1, 4, 20, 24, generator=g).to(device)
     boxes = torch.tensor([[0, 2.0, 3.0, 13.0, 10.0], [0, 0.0, 0.0, 5.0, 7.0], [0, 10.0, 4.0, 21.0, 19.0]], device=device)
@@ -143,12 +141,13 @@ def all_checks() -> list[Check]:
         Check("roi_pool", "linear ramp (exact)", _roi_pool_ramp, 0.0),
         Check("box_iou_rotated", "closed forms", _box_iou_rotated_analytic, 1e-12),
         Check("roi_align_rotated", "linear ramp (exact)", _roi_align_rotated_ramp, 1e-10),
-        Check("roi_pool_rotated", "torchvision roi_pool at angle 0", _roi_pool_rotated_vs_roi_pool, 0.0),
     ]
     for op in ("roi_align", "roi_pool"):
         run = _vs_torchvision(op)
         if run is not None:
             checks.append(Check(op, "torchvision", run, 1e-5))
+    if _vs_torchvision("roi_pool") is not None:  # torchvision installed
+        checks.append(Check("roi_pool_rotated", "torchvision roi_pool, angle 0", _roi_pool_rotated_vs_roi_pool, 0.0))
     return checks
 
 
