@@ -9,6 +9,8 @@
 // counter-clockwise on screen). roi_align_rotated samples with the same map.
 //
 // Public API (used by box_iou_rotated here and by nms_rotated in the boxes family):
+// the same function on CPU and CUDA, so both devices give bit-identical results
+// up to the compiler's floating-point contraction (FMA) choices.
 //
 //   template <typename T> VISIONOPS_HOST_DEVICE double rotated_overlap(const T* a, const T* b, int mode);
 //   template <typename T> VISIONOPS_HOST_DEVICE T rotated_iou(const T* a, const T* b, int mode);
@@ -25,9 +27,10 @@
 // How it stays exact enough (the peers' failures listed in issue 4 all come
 // from collecting edge intersections in float and sorting them by angle):
 //  * everything is computed in double, whatever T is;
-//  * one box is expressed in the frame of the other (the thinner one): that
-//    one becomes the axis-aligned rectangle [-w/2, w/2] x [-h/2, h/2] and the
-//    first is rotated by the angle difference only, so identical angles give an exact identity rotation and
+//  * one box is expressed in the frame of the other (the thinner one, call it
+//    b): b becomes the axis-aligned rectangle [-w/2, w/2] x [-h/2, h/2] and a
+//    is rotated by the angle difference only (angles reduced modulo 360
+//    exactly first), so identical angles give an exact identity rotation and
 //    multiples of 90 degrees give exact 0/1 cosines;
 //  * a's corners are clipped against b's four sides one at a time
 //    (Sutherland-Hodgman). Each side is a coordinate line, so the inside test
