@@ -231,6 +231,40 @@ VISIONOPS_HOST_DEVICE T rotated_iou(const T* a, const T* b, int mode) {
 // stay exact (each candidate is still tested exactly) while absurd RoIs (w = 1e9,
 // a million samples per bin) cost no more than the part of them over the map.
 
+// Products and sums that the compiler may not fuse into an FMA. nvcc contracts
+// a * b + c by default while the host build (x86-64 without -mfma) cannot, so
+// sample positions written with these round identically on both devices: the
+// nearest-cell decisions of roi_pool_rotated and the sample positions of
+// roi_align_rotated are then the same on CPU and CUDA, bit for bit.
+VISIONOPS_HOST_DEVICE float mul_rn(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+VISIONOPS_HOST_DEVICE double mul_rn(double a, double b) {
+#if defined(__CUDA_ARCH__)
+  return __dmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+VISIONOPS_HOST_DEVICE float add_rn(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fadd_rn(a, b);
+#else
+  return a + b;
+#endif
+}
+VISIONOPS_HOST_DEVICE double add_rn(double a, double b) {
+#if defined(__CUDA_ARCH__)
+  return __dadd_rn(a, b);
+#else
+  return a + b;
+#endif
+}
+
 // Sample indices i whose position first + i * step lies in [lo, hi], widened by
 // one index on each side and clamped to [0, count).
 VISIONOPS_HOST_DEVICE void lattice_index_range(double lo, double hi, double first, double step, int64_t count,
@@ -330,16 +364,17 @@ struct RotatedAlignRoi {
   int64_t grid_u, grid_v;
   T count;
 
+  // start + p * bin + (i + .5) * bin / grid, as detectron2 (without FMA, see mul_rn)
   VISIONOPS_HOST_DEVICE T u(int64_t pw, int64_t i) const {
-    return start_u + static_cast<T>(pw) * bin_u + static_cast<T>(static_cast<float>(i) + .5f) * bin_u /
-                                                      static_cast<T>(grid_u);
+    const T offset = mul_rn(static_cast<T>(static_cast<float>(i) + .5f), bin_u) / static_cast<T>(grid_u);
+    return add_rn(add_rn(start_u, mul_rn(static_cast<T>(pw), bin_u)), offset);
   }
   VISIONOPS_HOST_DEVICE T v(int64_t ph, int64_t j) const {
-    return start_v + static_cast<T>(ph) * bin_v + static_cast<T>(static_cast<float>(j) + .5f) * bin_v /
-                                                      static_cast<T>(grid_v);
+    const T offset = mul_rn(static_cast<T>(static_cast<float>(j) + .5f), bin_v) / static_cast<T>(grid_v);
+    return add_rn(add_rn(start_v, mul_rn(static_cast<T>(ph), bin_v)), offset);
   }
-  VISIONOPS_HOST_DEVICE T x(T uu, T vv) const { return cx + c * uu + s * vv; }
-  VISIONOPS_HOST_DEVICE T y(T uu, T vv) const { return cy - s * uu + c * vv; }
+  VISIONOPS_HOST_DEVICE T x(T uu, T vv) const { return add_rn(add_rn(cx, mul_rn(c, uu)), mul_rn(s, vv)); }
+  VISIONOPS_HOST_DEVICE T y(T uu, T vv) const { return add_rn(add_rn(cy, -mul_rn(s, uu)), mul_rn(c, vv)); }
 
   VISIONOPS_HOST_DEVICE RotatedLattice lattice(int64_t ph, int64_t pw) const {
     RotatedLattice l;
@@ -376,8 +411,8 @@ VISIONOPS_HOST_DEVICE RotatedAlignRoi<T> make_rotated_align_roi(const R* roi, T 
                   is_finite_value(w) && is_finite_value(h) && is_finite_value(a) && w >= T(0) && h >= T(0);
   r.batch = ok ? static_cast<int64_t>(b) : -1;
   const T offset = aligned ? T(0.5) : T(0);
-  r.cx = clamp_coordinate(x * spatial_scale - offset);
-  r.cy = clamp_coordinate(y * spatial_scale - offset);
+  r.cx = clamp_coordinate(add_rn(mul_rn(x, spatial_scale), -offset));
+  r.cy = clamp_coordinate(add_rn(mul_rn(y, spatial_scale), -offset));
   T width = ok ? clamp_roi_size(w * spatial_scale) : T(0);
   T height = ok ? clamp_roi_size(h * spatial_scale) : T(0);
   if (!aligned) {
@@ -420,16 +455,17 @@ struct RotatedPoolRoi {
   T start_u, start_v, bin_u, bin_v;
   int64_t steps_u, steps_v;
 
+  // (without FMA, see mul_rn: the nearest-cell decision must not depend on the device)
   VISIONOPS_HOST_DEVICE T u(int64_t pw, int64_t i) const {
-    return start_u + static_cast<T>(pw) * bin_u + static_cast<T>(i);
+    return add_rn(add_rn(start_u, mul_rn(static_cast<T>(pw), bin_u)), static_cast<T>(i));
   }
   VISIONOPS_HOST_DEVICE T v(int64_t ph, int64_t j) const {
-    return start_v + static_cast<T>(ph) * bin_v + static_cast<T>(j);
+    return add_rn(add_rn(start_v, mul_rn(static_cast<T>(ph), bin_v)), static_cast<T>(j));
   }
   // nearest cell of a local point, -1 when off the map
   VISIONOPS_HOST_DEVICE int64_t cell(T uu, T vv, int64_t height, int64_t width) const {
-    const T xf = floor(cx + c * uu + s * vv + T(0.5));
-    const T yf = floor(cy - s * uu + c * vv + T(0.5));
+    const T xf = floor(add_rn(add_rn(add_rn(cx, mul_rn(c, uu)), mul_rn(s, vv)), T(0.5)));
+    const T yf = floor(add_rn(add_rn(add_rn(cy, -mul_rn(s, uu)), mul_rn(c, vv)), T(0.5)));
     if (!(xf >= T(0) && xf < static_cast<T>(width) && yf >= T(0) && yf < static_cast<T>(height))) return -1;
     return static_cast<int64_t>(yf) * width + static_cast<int64_t>(xf);
   }
