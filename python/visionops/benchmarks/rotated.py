@@ -66,7 +66,7 @@ def _roi_align_case(device, dtype, angles, backward, quick):
     return Case("rotated", name, device, "torchvision", setup, moved)
 
 
-def _roi_pool_case(device, quick):
+def _roi_pool_case(device, backward, quick):
     def setup():
         import torchvision
 
@@ -75,29 +75,41 @@ def _roi_pool_case(device, quick):
         n, c, h, w, k = (2, 64, 25, 34, 128) if quick else (2, 256, 50, 68, 512)
         x = _feature_map(device, torch.float32, n, c, h, w)
         rotated, axis = _rotated_rois(device, torch.float32, n, h, w, k, True)
+        if not backward:
+            return {
+                "visionops": lambda: ops.roi_pool_rotated(x, rotated, 7, 1 / 16),
+                "torchvision": lambda: torchvision.ops.roi_pool(x, axis, 7, 1 / 16),
+            }
+        xg = x.detach().requires_grad_(True)
+        grad = torch.randn(k, c, 7, 7, device=device)
         return {
-            "visionops": lambda: ops.roi_pool_rotated(x, rotated, 7, 1 / 16),
-            "torchvision": lambda: torchvision.ops.roi_pool(x, axis, 7, 1 / 16),
+            "visionops": lambda: torch.autograd.grad(ops.roi_pool_rotated(xg, rotated, 7, 1 / 16), xg, grad),
+            "torchvision": lambda: torch.autograd.grad(torchvision.ops.roi_pool(xg, axis, 7, 1 / 16), xg, grad),
         }
 
-    return Case("rotated", "roi_pool_rotated_7x7_float32_fwd_any_angle_ref", device, "torchvision", setup)
+    name = "roi_pool_rotated_7x7_float32_" + ("fwd_bwd" if backward else "fwd") + "_any_angle_ref"
+    return Case("rotated", name, device, "torchvision", setup)
 
 
-def _boxes(n, seed, device, dtype=torch.float32):
+def _boxes(n, seed, device, dtype=torch.float32, extent=1024.0):
     g = torch.Generator().manual_seed(seed)
     u = torch.rand(n, 5, generator=g, dtype=torch.float64)
     # text-like boxes on a 1024 x 1024 image: sizes 8..200, aspect 1:1..1:8
     w = 8 + 192 * u[:, 2]
     h = w / (1 + 7 * u[:, 3])
-    b = torch.stack([u[:, 0] * 1024, u[:, 1] * 1024, w, h, u[:, 4] * 180 - 90], 1)
+    b = torch.stack([u[:, 0] * extent, u[:, 1] * extent, w, h, u[:, 4] * 180 - 90], 1)
     return b.to(device=device, dtype=dtype)
 
 
-def _iou_case(device, n, with_shapely):
+def _iou_case(device, n, with_shapely, dense=False):
+    # dense: centres within 64 px, so nearly every pair overlaps and is clipped
+    # (the sparse case is mostly decided by the bounding-circle rejection)
+    extent = 64.0 if dense else 1024.0
+
     def setup():
         from .. import ops
 
-        a, b = _boxes(n, 0, device), _boxes(n, 1, device)
+        a, b = _boxes(n, 0, device, extent=extent), _boxes(n, 1, device, extent=extent)
         fns = {"visionops": lambda: ops.box_iou_rotated(a, b)}
         if with_shapely:
             try:
@@ -119,13 +131,15 @@ def _iou_case(device, n, with_shapely):
         return fns
 
     peer = "shapely" if with_shapely else "none"
-    return Case("rotated", f"box_iou_rotated_{n}x{n}_float32", device, peer, setup)
+    return Case("rotated", f"box_iou_rotated_{n}x{n}{'_dense' if dense else ''}_float32", device, peer, setup)
 
 
 def cases(device: str, quick: bool = False) -> list[Case]:
     out = [
         _iou_case(device, 300 if quick else 1000, False),
+        _iou_case(device, 300 if quick else 1000, False, dense=True),
         _iou_case(device, 100, not device.startswith("cuda")),
+        _iou_case(device, 100, not device.startswith("cuda"), dense=True),
     ]
     dtypes = [torch.float32] + ([torch.float16] if device.startswith("cuda") else [])
     for dtype in dtypes:
@@ -133,5 +147,6 @@ def cases(device: str, quick: bool = False) -> list[Case]:
             out.append(_roi_align_case(device, dtype, False, backward, quick))
     out.append(_roi_align_case(device, torch.float32, True, False, quick))
     out.append(_roi_align_case(device, torch.float32, True, True, quick))
-    out.append(_roi_pool_case(device, quick))
+    for backward in (False, True):
+        out.append(_roi_pool_case(device, backward, quick))
     return out
