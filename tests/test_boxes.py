@@ -405,7 +405,8 @@ def test_cuda_large_inputs_match_cpu(batched, mark):
 def test_cuda_nms_fixed_does_not_synchronize(mark):
     boxes, scores = make_boxes(9, 3000, False, False, 800.0, 0.0, False, device="cuda")
     idxs = torch.arange(3000, device="cuda") % 80
-    ops.nms_fixed(boxes, scores, 0.5, 100, idxs=idxs)  # warm up (lazy init may sync)
+    ops.nms_fixed(boxes, scores, 0.5, 100)  # warm up (lazy initialisation may sync)
+    ops.nms_fixed(boxes, scores, 0.5, 100, idxs=idxs)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
@@ -419,6 +420,7 @@ def test_cuda_nms_fixed_does_not_synchronize(mark):
 def test_cuda_nms_synchronizes_only_for_the_count(mark):
     boxes, scores = make_boxes(9, 3000, False, False, 800.0, 0.0, False, device="cuda")
     idxs = torch.arange(3000, device="cuda") % 80
+    ops.nms(boxes, scores, 0.5)  # warm up (lazy initialisation may sync)
     ops.batched_nms(boxes, scores, idxs, 0.5)
     torch.cuda.synchronize()
     for call in (lambda: ops.nms(boxes, scores, 0.5), lambda: ops.batched_nms(boxes, scores, idxs, 0.5)):
