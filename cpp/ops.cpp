@@ -60,6 +60,8 @@ TORCH_LIBRARY(visionops, m) {
   // ---- boxes: axis-aligned IoU and NMS (x1, y1, x2, y2); keep indices are int64,
   // in order of decreasing score (ties: lower index first)
   m.def("box_iou(Tensor boxes1, Tensor boxes2) -> Tensor");
+  // (grad_boxes1, grad_boxes2)
+  m.def("_box_iou_backward(Tensor grad, Tensor boxes1, Tensor boxes2) -> (Tensor, Tensor)");
   m.def("nms(Tensor boxes, Tensor scores, float iou_threshold) -> Tensor");
   m.def("batched_nms(Tensor boxes, Tensor scores, Tensor idxs, float iou_threshold) -> Tensor");
   // fixed-size result: (keep [max_output_size] padded with -1, number kept as a 0-d int64 tensor)

@@ -84,7 +84,8 @@ void box_iou_rotated_impl(const at::Tensor& boxes1, const at::Tensor& boxes2, at
   scalar_t* o = out.mutable_data_ptr<scalar_t>();
   const int64_t M = boxes2.size(0), total = out.numel();
   const int m = static_cast<int>(mode);
-  at::parallel_for(0, total, 2048, [&](int64_t begin, int64_t end) {
+  // grain: ~1 ms of work; smaller problems are not worth waking the thread pool
+  at::parallel_for(0, total, 16384, [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p) {
       const int64_t i = aligned ? p : p / M, j = aligned ? p : p % M;
       o[p] = rotated_iou(a + i * 5, b + j * 5, m);
@@ -102,13 +103,18 @@ struct RoiTapList {
   std::vector<T> weight;       // RoIAlign only
 };
 
+// All bilinear taps of every bin, weights divided by the sample count. Taps
+// of one bin that hit the same cell (neighbouring samples share cells when
+// bins are small) are merged, so the per-channel loop reads each cell once.
 template <typename T>
 void align_taps(const RotatedAlignRoi<T>& roi, int64_t PH, int64_t PW, int64_t H, int64_t W, RoiTapList<T>& t) {
   t.start.assign(PH * PW + 1, 0);
   const T inv_count = T(1) / roi.count;
+  std::vector<std::pair<int64_t, T>> bin_taps;
   for (int64_t ph = 0; ph < PH; ++ph) {
     for (int64_t pw = 0; pw < PW; ++pw) {
       t.start[ph * PW + pw] = static_cast<int64_t>(t.cell.size());
+      bin_taps.clear();
       const RotatedLattice l = roi.lattice(ph, pw);
       int64_t j0, j1;
       l.rows(-1.0, static_cast<double>(W), -1.0, static_cast<double>(H), j0, j1);
@@ -122,13 +128,20 @@ void align_taps(const RotatedAlignRoi<T>& roi, int64_t PH, int64_t PW, int64_t H
           T wyl, wyh, wxl, wxh;
           if (!bilinear_axis(roi.y(uu, vv), H, yl, yh, wyl, wyh)) continue;
           if (!bilinear_axis(roi.x(uu, vv), W, xl, xh, wxl, wxh)) continue;
-          const int64_t cells[4] = {yl * W + xl, yl * W + xh, yh * W + xl, yh * W + xh};
-          const T ws[4] = {wyl * wxl, wyl * wxh, wyh * wxl, wyh * wxh};
-          for (int q = 0; q < 4; ++q) {
-            t.cell.push_back(cells[q]);
-            t.weight.push_back(ws[q] * inv_count);
-          }
+          bin_taps.emplace_back(yl * W + xl, wyl * wxl);
+          bin_taps.emplace_back(yl * W + xh, wyl * wxh);
+          bin_taps.emplace_back(yh * W + xl, wyh * wxl);
+          bin_taps.emplace_back(yh * W + xh, wyh * wxh);
         }
+      }
+      std::stable_sort(bin_taps.begin(), bin_taps.end(),
+                [](const std::pair<int64_t, T>& a, const std::pair<int64_t, T>& b) { return a.first < b.first; });
+      for (size_t q = 0; q < bin_taps.size();) {
+        const int64_t cell = bin_taps[q].first;
+        T w = T(0);
+        for (; q < bin_taps.size() && bin_taps[q].first == cell; ++q) w += bin_taps[q].second;
+        t.cell.push_back(cell);
+        t.weight.push_back(w * inv_count);
       }
     }
   }
@@ -278,18 +291,21 @@ void roi_pool_rotated_forward_impl(const at::Tensor& input, const at::Tensor& ro
       scalar_t* o = out + k * C * PH * PW + c * L.oc;
       int64_t* a = arg + k * C * PH * PW + c * L.oc;
       for (int64_t bin = 0; bin < PH * PW; ++bin) {
+        const int64_t q0 = t.start[bin], q1 = t.start[bin + 1];
         T best = T(0);
         int64_t best_cell = -1;
-        for (int64_t q = t.start[bin]; q < t.start[bin + 1]; ++q) {
-          const T v = static_cast<T>(plane[t.cell[q] * L.px]);
-          if (best_cell < 0 || v > best) {
-            best = v;
-            best_cell = t.cell[q];
-          } else if (!(v == v)) {
-            best = v;
-            best_cell = t.cell[q];
+        if (q0 < q1) {
+          best_cell = t.cell[q0];
+          best = static_cast<T>(plane[best_cell * L.px]);
+          // first maximum wins; a NaN (the only v with !(v <= best) other than
+          // v > best) is taken and ends the bin, so NaN propagates as in torch.max
+          for (int64_t q = q0 + 1; q < q1 && best == best; ++q) {
+            const T v = static_cast<T>(plane[t.cell[q] * L.px]);
+            if (!(v <= best)) {
+              best = v;
+              best_cell = t.cell[q];
+            }
           }
-          if (!(best == best)) break;  // NaN propagates (as torch.max)
         }
         o[bin * L.obin] = static_cast<scalar_t>(best);
         a[bin * L.obin] = best_cell;

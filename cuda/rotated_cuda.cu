@@ -291,15 +291,21 @@ __global__ void roi_pool_rotated_backward_gather_kernel(const scalar_t* __restri
                                                         const int64_t* __restrict__ argmax,
                                                         at::opmath_type<scalar_t>* __restrict__ grad_input,
                                                         int64_t total, int64_t K, int64_t N, int64_t C, int64_t H,
-                                                        int64_t W, int64_t PH, int64_t PW) {
+                                                        int64_t W, int64_t PH, int64_t PW,
+                                                        at::opmath_type<scalar_t> spatial_scale) {
   using T = at::opmath_type<scalar_t>;
   VISIONOPS_ROTATED_LOOP(idx, total) {
     const Pos4 p = split_index<kChannelsLast>(idx, C, H, W);
     const int64_t cell = p.row * W + p.col;
     T acc = T(0);
     for (int64_t k = 0; k < K; ++k) {
-      const T b = static_cast<T>(rois[k * 6]);
-      if (!(b >= T(0) && b < static_cast<T>(N)) || static_cast<int64_t>(b) != p.outer) continue;
+      const auto roi = make_rotated_pool_roi<T>(rois + k * 6, spatial_scale, PH, PW, N);
+      if (roi.batch != p.outer) continue;
+      // a RoI's argmax cells lie within its reach (quick rejection of far RoIs)
+      const double dx = static_cast<double>(p.col) - static_cast<double>(roi.cx);
+      const double dy = static_cast<double>(p.row) - static_cast<double>(roi.cy);
+      const double reach = roi.radius();
+      if (dx * dx + dy * dy > reach * reach) continue;
       for (int64_t bin = 0; bin < PH * PW; ++bin) {
         const int64_t g = join_index<kChannelsLast>(Pos4{k, p.c, bin / PW, bin % PW}, C, PH, PW);
         if (argmax[g] == cell) acc += static_cast<T>(grad[g]);
@@ -458,7 +464,7 @@ at::Tensor roi_pool_rotated_backward_cuda(const at::Tensor& grad, const at::Tens
             kernel<<<grid_for(total), kThreads, 0, stream>>>(
                 g.const_data_ptr<scalar_t>(), r.const_data_ptr<scalar_t>(), a.const_data_ptr<int64_t>(),
                 grad_acc.mutable_data_ptr<T>(), total, r.size(0), batch_size, channels, height, width,
-                pooled_height, pooled_width);
+                pooled_height, pooled_width, static_cast<T>(spatial_scale));
           } else {
             const int64_t total = g.numel();
             auto kernel = cl ? roi_pool_rotated_backward_atomic_kernel<scalar_t, true>

@@ -173,6 +173,37 @@ def test_box_iou_half_precision(device, dtype, tol):
     torch.testing.assert_close(out.float(), ops.box_iou(a.float(), b.float()), rtol=0, atol=tol)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_box_iou_gradcheck(device):
+    # generic boxes (no equal coordinates, no exact touching): the IoU is smooth there
+    a = random_boxes(5, (50, 50), min_size=5, max_size=30, generator=torch.Generator().manual_seed(3),
+                     dtype=torch.float64, device=device).requires_grad_(True)
+    b = random_boxes(4, (50, 50), min_size=5, max_size=30, generator=torch.Generator().manual_seed(4),
+                     dtype=torch.float64, device=device).requires_grad_(True)
+    assert torch.autograd.gradcheck(ops.box_iou, (a, b))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@given(seed=st.integers(0, 2**31 - 1), n=st.integers(0, 8), m=st.integers(0, 8), grid=st.booleans())
+def test_box_iou_gradient_matches_torchvision_autograd(device, seed, n, m, grid):
+    # grid boxes share coordinates and touch: torch's subgradient conventions
+    # (ties split in halves, clamp passes at 0) must be reproduced exactly
+    a, _ = make_boxes(seed, n, grid, False, 10.0, -2.0, False, dtype=torch.float64, device=device)
+    b, _ = make_boxes(seed + 7, m, grid, False, 10.0, -2.0, False, dtype=torch.float64, device=device)
+    # positive areas: two zero-area boxes have IoU 0/0 and NaN gradients in both
+    a[:, 2:], b[:, 2:] = torch.maximum(a[:, 2:], a[:, :2] + 1.25), torch.maximum(b[:, 2:], b[:, :2] + 1.25)
+    if grid and n and m:
+        b[: min(n, m) // 2] = a[: min(n, m) // 2]  # identical pairs
+    grad = torch.randn(n, m, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(device)
+    a1, b1 = a.clone().requires_grad_(True), b.clone().requires_grad_(True)
+    a2, b2 = a.clone().requires_grad_(True), b.clone().requires_grad_(True)
+    ops.box_iou(a1, b1).backward(grad)
+    tv.ops.box_iou(a2, b2).backward(grad)
+    # float64, sums of <= 8 terms in another order
+    torch.testing.assert_close(a1.grad, a2.grad, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(b1.grad, b2.grad, rtol=1e-10, atol=1e-12)
+
+
 # ---------------------------------------------------------------- odd input
 
 
@@ -306,6 +337,11 @@ def test_opcheck(device):
     boxes, scores = make_boxes(4, 30, False, False, 10.0, -3.0, True, device=device)
     idxs = torch.arange(30, device=device) % 4
     torch.library.opcheck(torch.ops.visionops.box_iou.default, (boxes, boxes[:7]))
+    torch.library.opcheck(
+        torch.ops.visionops.box_iou.default, (boxes.clone().requires_grad_(True), boxes[:7].clone().requires_grad_(True))
+    )
+    grad = torch.randn(30, 7, device=device)
+    torch.library.opcheck(torch.ops.visionops._box_iou_backward.default, (grad, boxes, boxes[:7]))
     torch.library.opcheck(torch.ops.visionops.nms_fixed.default, (boxes, scores, None, 0.5, 12))
     torch.library.opcheck(torch.ops.visionops.nms_fixed.default, (boxes, scores, idxs, 0.5, 40))
     # data-dependent output size: the dynamic-shape AOT test does not apply
@@ -369,7 +405,8 @@ def test_cuda_large_inputs_match_cpu(batched, mark):
 def test_cuda_nms_fixed_does_not_synchronize(mark):
     boxes, scores = make_boxes(9, 3000, False, False, 800.0, 0.0, False, device="cuda")
     idxs = torch.arange(3000, device="cuda") % 80
-    ops.nms_fixed(boxes, scores, 0.5, 100, idxs=idxs)  # warm up (lazy init may sync)
+    ops.nms_fixed(boxes, scores, 0.5, 100)  # warm up (lazy initialisation may sync)
+    ops.nms_fixed(boxes, scores, 0.5, 100, idxs=idxs)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
@@ -383,6 +420,7 @@ def test_cuda_nms_fixed_does_not_synchronize(mark):
 def test_cuda_nms_synchronizes_only_for_the_count(mark):
     boxes, scores = make_boxes(9, 3000, False, False, 800.0, 0.0, False, device="cuda")
     idxs = torch.arange(3000, device="cuda") % 80
+    ops.nms(boxes, scores, 0.5)  # warm up (lazy initialisation may sync)
     ops.batched_nms(boxes, scores, idxs, 0.5)
     torch.cuda.synchronize()
     for call in (lambda: ops.nms(boxes, scores, 0.5), lambda: ops.batched_nms(boxes, scores, idxs, 0.5)):

@@ -164,7 +164,9 @@ def test_never_nan_or_out_of_range_and_documented_degenerate_results(device, dty
         bad = not math.isfinite(v) or (i % 5 in (2, 3) and v <= 0)
         if bad and (mode == "iou" or i < 5):
             assert out == 0.0  # documented: non-finite values, sides <= 0 -> 0
-        elif not bad and dtype == torch.float64:
+        elif not bad and dtype == torch.float64 and abs(v) != 1e30:
+            # (a 1e30-long side next to 1e-3 ones is beyond double clipping: there
+            # only the range guarantee holds, see rotated.h)
             assert abs(out - ref_iou(rows[0], rows[1], mode)) <= 1e-6
 
 
@@ -465,8 +467,8 @@ def test_roi_align_rotated_at_angle_zero_equals_roi_align(
     out = ops.roi_align_rotated(x, rois, (out_h, out_w), scale, sampling_ratio, aligned)
     ref = ops.roi_align(x_ref, axis_aligned(rois), (out_h, out_w), scale, sampling_ratio, aligned)
     torch.testing.assert_close(out, ref, **FP32_TOL)
-    if k > 0:  # empty tensors report no definite layout
-        assert out.is_contiguous(memory_format=torch.channels_last if channels_last and c > 1 else torch.contiguous_format)
+    if k > 0 and not x.is_contiguous():  # channels_last that differs from NCHW is kept
+        assert out.is_contiguous(memory_format=torch.channels_last)
     grad = torch.randn_like(ref)
     out.backward(grad)
     ref.backward(grad)
@@ -678,10 +680,10 @@ def test_huge_and_non_finite_rois_do_not_hang_or_crash(device, op):
     x = torch.randn(1, 2, 6, 6, device=device, requires_grad=True)
     nan, inf = float("nan"), float("inf")
     rois = torch.tensor(
-        [[0, 3.0, 3.0, 1e7, 1e7, 17.0], [0, 3.0, 3.0, 1e9, 3.0, -71.0], [0, nan, 0, 3, 3, 0], [0, 0, 0, inf, 3, 0],
-         [0, 2, 2, 3, 3, nan], [0, 2, 2, -3, 3, 0]], device=device)
+        [[0, 3.0, 3.0, 1e7, 1e7, 17.0], [0, 3.0, 3.0, 1e9, 3.0, -71.0], [0, 3.0, 3.0, 1e12, 1e12, 45.0],
+         [0, nan, 0, 3, 3, 0], [0, 0, 0, inf, 3, 0], [0, 2, 2, 3, 3, nan], [0, 2, 2, -3, 3, 0]], device=device)
     out = getattr(ops, op)(x, rois, 2)
-    assert torch.isfinite(out).all() and (out[2:] == 0).all() and (out[0] != 0).any()
+    assert torch.isfinite(out).all() and (out[3:] == 0).all() and (out[0] != 0).any()
     out.sum().backward()
     assert torch.isfinite(x.grad).all()
 

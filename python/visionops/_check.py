@@ -8,6 +8,7 @@ RoIAlign of a ramp equals the ramp at each bin's sample centroid).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -127,6 +128,16 @@ def _nms_worked_example(device: str) -> float:
     return float(any(errors)) + (iou - torch.tensor([[1.0, 0.81, 0.0]])).abs().max().item()
 
 
+def _nms_rotated_worked_example(device: str) -> float:
+    # a 10x4 box, the same box turned by 10 degrees (IoU ~0.7: suppressed) and by
+    # 90 degrees (4x4 overlap: IoU 16/64 = 0.25, kept); per class, box 1 survives
+    boxes = torch.tensor([[5.0, 5, 10, 4, 0], [5, 5, 10, 4, 10], [5, 5, 10, 4, 90]], device=device)
+    scores = torch.tensor([0.9, 0.8, 0.7], device=device)
+    keep = ops.nms_rotated(boxes, scores, 0.5).tolist()
+    batched = ops.batched_nms_rotated(boxes, scores, torch.tensor([0, 1, 0], device=device), 0.5).tolist()
+    return float(keep != [0, 2] or batched != [0, 1, 2])
+
+
 def _boxes_vs_torchvision(op: str) -> Optional[Callable[[str], float]]:
     try:
         import torchvision
@@ -153,6 +164,56 @@ def _boxes_vs_torchvision(op: str) -> Optional[Callable[[str], float]]:
     return run
 
 
+# ---------------------------------------------------------------- rotated family
+
+
+def _box_iou_rotated_analytic(device: str) -> float:
+    # unit-free closed forms: a 2x2 square against itself shifted by 1 (1/3), rotated
+    # by 45 degrees (octagon: 1/sqrt(2)), by 90 degrees (1), and a nested square (1/4)
+    a = torch.tensor([[0.0, 0.0, 2.0, 2.0, 0.0]], dtype=torch.float64, device=device)
+    b = torch.tensor(
+        [[1.0, 0.0, 2.0, 2.0, 0.0], [0.0, 0.0, 2.0, 2.0, 45.0], [0.0, 0.0, 2.0, 2.0, 90.0], [0.0, 0.0, 1.0, 1.0, 30.0]],
+        dtype=torch.float64,
+        device=device,
+    )
+    expected = torch.tensor([[1 / 3, 2**-0.5, 1.0, 0.25]], dtype=torch.float64)
+    return (ops.box_iou_rotated(a, b).cpu() - expected).abs().max().item()
+
+
+def _roi_align_rotated_ramp(device: str) -> float:
+    # bilinear interpolation of a ramp is exact, so each bin averages to the ramp at
+    # its rotated centre (RoIs well inside the map, detectron2's aligned=True)
+    x = _ramp(device)
+    rois = torch.tensor([[0, 12.0, 10.0, 8.0, 5.0, 30.0], [0, 9.0, 9.5, 6.0, 9.0, -110.0]], dtype=torch.float64,
+                        device=device)
+    out = ops.roi_align_rotated(x, rois, (2, 3), 1.0, 2, True)
+    errs = []
+    for k in range(rois.shape[0]):
+        _, cx, cy, w, h, a = rois[k].tolist()
+        c, s = math.cos(math.radians(a)), math.sin(math.radians(a))
+        for ph in range(2):
+            for pw in range(3):
+                u, v = -w / 2 + (pw + 0.5) * w / 3, -h / 2 + (ph + 0.5) * h / 2
+                px, py = cx - 0.5 + c * u + s * v, cy - 0.5 - s * u + c * v
+                errs.append(abs(out[k, 0, ph, pw].item() - (0.5 * px + 2.0 * py + 1.0)))
+    return max(errs)
+
+
+def _roi_pool_rotated_vs_roi_pool(device: str) -> float:
+    # at angle 0 a rotated RoI with centre (x1 + x2) / 2 and size x2 - x1 + 1 over
+    # integer corners visits exactly the cells of RoIPool's box (x1, y1, x2, y2)
+    import torchvision
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 4, 20, 24, generator=g).to(device)
+    boxes = torch.tensor([[0, 2.0, 3.0, 13.0, 10.0], [0, 0.0, 0.0, 5.0, 7.0], [0, 10.0, 4.0, 21.0, 19.0]], device=device)
+    b, x1, y1, x2, y2 = boxes.unbind(1)
+    rot = torch.stack([b, (x1 + x2) / 2, (y1 + y2) / 2, x2 - x1 + 1, y2 - y1 + 1, torch.zeros_like(b)], 1)
+    ours = ops.roi_pool_rotated(x, rot, 2)
+    ref = torchvision.ops.roi_pool(x, boxes, 2)
+    return (ours - ref).abs().max().item()
+
+
 def all_checks() -> list[Check]:
     checks = [
         Check("roi_align", "linear ramp (exact)", _roi_align_ramp, 1e-10),
@@ -161,6 +222,8 @@ def all_checks() -> list[Check]:
         Check("ctc_loss", "torch F.ctc_loss", _ctc_loss_vs_torch, 1e-4),
         Check("ctc_greedy_decode", "one-hot path (exact)", _ctc_greedy_one_hot, 0.0),
         Check("ctc_beam_search", "2-step enumeration", _ctc_beam_two_steps, 1e-12),
+        Check("box_iou_rotated", "closed forms", _box_iou_rotated_analytic, 1e-12),
+        Check("roi_align_rotated", "linear ramp (exact)", _roi_align_rotated_ramp, 1e-10),
     ]
     for op in ("roi_align", "roi_pool"):
         run = _vs_torchvision(op)
@@ -168,10 +231,13 @@ def all_checks() -> list[Check]:
             checks.append(Check(op, "torchvision", run, 1e-5))
     checks += sampling_checks()
     checks.append(Check("nms_fixed", "worked example, 4 ops", _nms_worked_example, 1e-6))
+    checks.append(Check("nms_rotated", "worked example, 2 ops", _nms_rotated_worked_example, 0.0))
     for op in ("box_iou", "nms", "batched_nms"):
         run = _boxes_vs_torchvision(op)
         if run is not None:
             checks.append(Check(op, "torchvision", run, 0.0))
+    if _vs_torchvision("roi_pool") is not None:  # torchvision installed
+        checks.append(Check("roi_pool_rotated", "torchvision roi_pool, angle 0", _roi_pool_rotated_vs_roi_pool, 0.0))
     return checks
 
 

@@ -21,13 +21,29 @@ from typing import Sequence
 
 Box = Sequence[float]
 
+_DEG = 0.017453292519943295769  # pi / 180, as the kernels' literal
+
+
+def cos_sin_degrees(angle: float) -> tuple[float, float]:
+    """cos / sin of an angle in degrees, reduced modulo 360 first (exact, so that
+    1e30 degrees means what it says); multiples of 90 degrees are exact."""
+    r = math.fmod(angle, 360.0)
+    if r > 180.0:
+        r -= 360.0
+    if r <= -180.0:
+        r += 360.0
+    exact = {0.0: (1.0, 0.0), 90.0: (0.0, 1.0), 180.0: (-1.0, 0.0), -90.0: (0.0, -1.0)}
+    if r in exact:
+        return exact[r]
+    return math.cos(r * _DEG), math.sin(r * _DEG)
+
+
 
 def corners(box: Box) -> list[tuple[float, float]]:
     """The 4 corners of (cx, cy, w, h, angle_deg_ccw) in float64, in the order
     (-w/2, -h/2), (w/2, -h/2), (w/2, h/2), (-w/2, h/2) of the box frame."""
     cx, cy, w, h, a = (float(v) for v in box)
-    t = math.radians(a)
-    c, s = math.cos(t), math.sin(t)
+    c, s = cos_sin_degrees(a)
     out = []
     for u, v in ((-w / 2, -h / 2), (w / 2, -h / 2), (w / 2, h / 2), (-w / 2, h / 2)):
         out.append((cx + c * u + s * v, cy - s * u + c * v))
@@ -69,8 +85,7 @@ def _exact_corners(box: Box, origin: tuple[float, float]) -> list[tuple[Fraction
     """Corners relative to `origin`, exact except for cos/sin and the products
     c * u, s * v (rounded relative to the box size, not to the coordinates)."""
     cx, cy, w, h, a = (float(v) for v in box)
-    t = math.radians(a)
-    c, s = math.cos(t), math.sin(t)
+    c, s = cos_sin_degrees(a)
     ox, oy = Fraction(cx) - Fraction(origin[0]), Fraction(cy) - Fraction(origin[1])
     out = []
     for u, v in ((-w / 2, -h / 2), (w / 2, -h / 2), (w / 2, h / 2), (-w / 2, h / 2)):
@@ -134,23 +149,6 @@ def iou_matrix(boxes1, boxes2, mode: str = "iou", aligned: bool = False, exact: 
 # Both oracles enumerate every sample of every bin (no pruning), in float64
 # plain Python, from the formulas in the docstrings of visionops.ops.rotated.
 
-_DEG = 0.017453292519943295769  # pi / 180, as the kernels' literal
-
-
-def cos_sin_degrees(angle: float) -> tuple[float, float]:
-    """cos / sin of an angle in degrees; multiples of 90 degrees are exact (the
-    documented convention, so that axis-aligned RoIs sample exactly on cells)."""
-    r = math.fmod(angle, 360.0)
-    if r > 180.0:
-        r -= 360.0
-    if r <= -180.0:
-        r += 360.0
-    exact = {0.0: (1.0, 0.0), 90.0: (0.0, 1.0), 180.0: (-1.0, 0.0), -90.0: (0.0, -1.0)}
-    if r in exact:
-        return exact[r]
-    return math.cos(r * _DEG), math.sin(r * _DEG)
-
-
 def _bilinear(plane, y: float, x: float):
     """plane [C, H, W] float64 tensor sampled at (y, x) with RoIAlign's border rules."""
     _, height, width = plane.shape
@@ -201,7 +199,7 @@ def roi_align_rotated_reference(input, rois, output_size, spatial_scale=1.0, sam
         b, cx, cy, w, h, a = vals
         off = 0.5 if aligned else 0.0
         cx, cy = cx * spatial_scale - off, cy * spatial_scale - off
-        w, h = w * spatial_scale, h * spatial_scale
+        w, h = min(w * spatial_scale, 2.0**24), min(h * spatial_scale, 2.0**24)
         if not aligned:
             w, h = max(w, 1.0), max(h, 1.0)
         c, s = cos_sin_degrees(a)
@@ -237,7 +235,8 @@ def roi_pool_rotated_reference(input, rois, output_size, spatial_scale=1.0):
         if vals is None:
             continue
         b, cx, cy, w, h, a = vals
-        cx, cy, w, h = cx * spatial_scale, cy * spatial_scale, w * spatial_scale, h * spatial_scale
+        cx, cy = cx * spatial_scale, cy * spatial_scale
+        w, h = min(w * spatial_scale, 2.0**24), min(h * spatial_scale, 2.0**24)
         c, s = cos_sin_degrees(a)
         bin_w, bin_h = w / pw_n, h / ph_n
         steps_w, steps_h = max(1, math.ceil(bin_w)), max(1, math.ceil(bin_h))

@@ -6,5 +6,6 @@
 namespace visionops {
 
 void check_box_iou_args(const at::Tensor& boxes1, const at::Tensor& boxes2);
+void check_box_iou_backward_args(const at::Tensor& grad, const at::Tensor& boxes1, const at::Tensor& boxes2);
 
 }  // namespace visionops

@@ -79,6 +79,37 @@ struct BoxIoU {
   }
 };
 
+// Gradient of BoxIoU()(a, b) times g with respect to box a (ga) and box b (gb),
+// with torch's subgradient conventions so that it equals autograd through
+// torchvision.ops.box_iou: max/min ties split the gradient in halves, and
+// clamp(min=0) passes it only where the clamped value is > 0 (touching boxes: none).
+template <typename T>
+VISIONOPS_HOST_DEVICE void box_iou_backward_pair(const T* a, const T* b, T g, T* ga, T* gb) {
+  const T wa = a[2] - a[0], ha = a[3] - a[1], wb = b[2] - b[0], hb = b[3] - b[1];
+  const T area_a = mul_rn(wa, ha), area_b = mul_rn(wb, hb);
+  const T w_raw = min_of(a[2], b[2]) - max_of(a[0], b[0]);
+  const T h_raw = min_of(a[3], b[3]) - max_of(a[1], b[1]);
+  const T w = max_of(T(0), w_raw), h = max_of(T(0), h_raw);
+  const T inter = mul_rn(w, h);
+  const T uni = area_a + area_b - inter;
+  // iou = I / U, U = A + B - I
+  const T g_inter = g / uni + g * inter / (uni * uni);
+  const T g_area = -g * inter / (uni * uni);
+  const T g_w = w_raw > T(0) ? g_inter * h : T(0);
+  const T g_h = h_raw > T(0) ? g_inter * w : T(0);
+  // share of d(max(p, q)) / dp (and of min): 1, 1/2 on ties, 0
+  auto share_max = [](T p, T q) { return p > q ? T(1) : (p == q ? T(0.5) : T(0)); };
+  auto share_min = [](T p, T q) { return p < q ? T(1) : (p == q ? T(0.5) : T(0)); };
+  ga[0] = -g_area * ha - g_w * share_max(a[0], b[0]);
+  ga[1] = -g_area * wa - g_h * share_max(a[1], b[1]);
+  ga[2] = g_area * ha + g_w * share_min(a[2], b[2]);
+  ga[3] = g_area * wa + g_h * share_min(a[3], b[3]);
+  gb[0] = -g_area * hb - g_w * share_max(b[0], a[0]);
+  gb[1] = -g_area * wb - g_h * share_max(b[1], a[1]);
+  gb[2] = g_area * hb + g_w * share_min(b[2], a[2]);
+  gb[3] = g_area * wb + g_h * share_min(b[3], a[3]);
+}
+
 template <typename T, int D>
 struct BoxData {
   T v[D];

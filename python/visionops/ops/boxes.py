@@ -6,8 +6,8 @@ Schemas: ``cpp/ops.cpp``; kernels: ``cpp/boxes_cpu.cpp`` and
 ``cuda/boxes_cuda.cu``; the NMS algorithm, generic over the overlap function
 (shared with the rotated NMS): ``cpp/include/visionops/nms.h`` and
 ``nms_ops.h``. This module holds the public functions and the fake and
-autocast registrations. The NMS ops return indices and are not differentiable;
-``box_iou`` has no autograd formula either (see its docstring).
+autocast registrations, and box_iou's autograd. The NMS ops return indices and
+are not differentiable.
 
 Conventions (torchvision's): boxes ``(x1, y1, x2, y2)`` without "+1"; kept
 indices are int64 sorted by decreasing score, ties in score keep the lower index
@@ -53,8 +53,11 @@ def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
         ``Tensor[N, M]`` of the boxes' dtype, computed in float32 for 16-bit
         inputs (rounded once). Same formula as torchvision, so float32/float64
         results equal torchvision's bit for bit; two zero-area boxes give NaN
-        (0 / 0), as in torchvision. Not differentiable (no autograd formula is
-        registered: use ``torchvision.ops.box_iou`` when gradients are needed).
+        (0 / 0), as in torchvision. Differentiable with respect to both box
+        sets (deterministic backward, ``visionops::_box_iou_backward``), with
+        torch's conventions where the IoU has a kink: equal coordinates in a
+        max/min split the gradient in halves and boxes that just touch pass none,
+        so gradients equal autograd through ``torchvision.ops.box_iou``.
 
     Example:
         >>> box_iou(torch.tensor([[0., 0., 2., 2.]]), torch.tensor([[1., 1., 3., 3.], [0., 0., 2., 2.]]))
@@ -171,6 +174,11 @@ def _box_iou_fake(boxes1, boxes2):
     return boxes1.new_empty((boxes1.size(0), boxes2.size(0)))
 
 
+@torch.library.register_fake("visionops::_box_iou_backward")
+def _box_iou_backward_fake(grad, boxes1, boxes2):
+    return torch.empty_like(boxes1), torch.empty_like(boxes2)
+
+
 @torch.library.register_fake("visionops::nms")
 def _nms_fake(boxes, scores, iou_threshold):
     _check_fake_nms("nms", boxes, scores, None)
@@ -188,6 +196,20 @@ def _nms_fixed_fake(boxes, scores, idxs, iou_threshold, max_output_size):
     _check_fake_nms("nms_fixed", boxes, scores, idxs)
     return boxes.new_empty((max_output_size,), dtype=torch.int64), boxes.new_empty((), dtype=torch.int64)
 
+
+# ---------------------------------------------------------------- autograd
+
+
+def _box_iou_setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _box_iou_backward(ctx, grad):
+    boxes1, boxes2 = ctx.saved_tensors
+    return torch.ops.visionops._box_iou_backward(grad, boxes1, boxes2)
+
+
+torch.library.register_autograd("visionops::box_iou", _box_iou_backward, setup_context=_box_iou_setup_context)
 
 # ---------------------------------------------------------------- autocast
 # Boxes are never rounded to 16 bits by autocast: the ops run in float32 and

@@ -239,8 +239,9 @@ def roi_align_rotated(
             ``aligned=False`` when ``w, h * spatial_scale >= 1``).
 
     Returns:
-        ``Tensor[K, C, out_h, out_w]``. RoIs with a negative size or a
-        non-finite value pool to 0 (on CPU a batch index outside ``[0, N)``
+        ``Tensor[K, C, out_h, out_w]``. Scaled sizes above ``2**24`` cells are
+        clamped to it (bounds the work for absurd boxes; no map is that large).
+        RoIs with a negative size or a non-finite value pool to 0 (on CPU a batch index outside ``[0, N)``
         raises; on CUDA such RoIs pool to 0). Gradient flows to ``input``;
         backward is deterministic on CPU and under
         ``torch.use_deterministic_algorithms(True)`` on CUDA.
