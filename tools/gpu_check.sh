@@ -24,14 +24,16 @@ echo "build: $(( $(date +%s) - start )) s" >> "$R/env.txt"
 python3 -c "import visionops; print(visionops.build_info())" >> "$R/env.txt" 2>&1
 
 start=$(date +%s)
-timeout 330 python3 -m pytest tests -q -rfE -p no:cacheprovider --junitxml="$R/junit.xml" > "$R/tests.log" 2>&1
+# the GPU machine has pytest-xdist and 16 cores: spread the (mostly CPU-bound) hypothesis tests
+xdist=$(python3 -c "import xdist" 2>/dev/null && echo "-n 8")
+timeout ${TEST_TIMEOUT:-330} python3 -m pytest tests -q -rfE -p no:cacheprovider $xdist --junitxml="$R/junit.xml" > "$R/tests.log" 2>&1
 echo "tests: rc $? in $(( $(date +%s) - start )) s" >> "$R/env.txt"
 grep -E "^(FAILED|ERROR)|passed|failed" "$R/tests.log" | tail -25
 
 families=${*:-$(python3 -c "from visionops.benchmarks import FAMILIES; print(' '.join(FAMILIES))")}
 for f in $families; do
   start=$(date +%s)
-  timeout 100 python3 -m visionops bench --device cuda --family "$f" --out "$R" > "$R/bench-$f.log" 2>&1
+  timeout ${BENCH_TIMEOUT:-100} python3 -m visionops bench --device cuda --family "$f" --out "$R" > "$R/bench-$f.log" 2>&1
   echo "bench $f: rc $? in $(( $(date +%s) - start )) s" >> "$R/env.txt"
   grep "^|" "$R/bench-$f.log"
 done
