@@ -13,7 +13,8 @@ from typing import Sequence, Union
 import torch
 from torch import Tensor
 
-from ._registry import check_tensor, memory_format_of, pair, register_float32_autocast
+from ._pooling import register_pooling_ops
+from ._registry import check_tensor, pair
 
 __all__ = ["roi_align", "roi_pool", "convert_boxes_to_rois"]
 
@@ -115,97 +116,5 @@ def roi_pool(
     return output
 
 
-# ---------------------------------------------------------------- fake kernels
-
-
-def _check_fake_args(op: str, input: Tensor, rois: Tensor) -> None:
-    torch._check(input.dim() == 4, lambda: f"{op}: input must be a 4-D tensor [N, C, H, W], got {input.dim()}-D")
-    torch._check(
-        rois.dim() == 2 and rois.size(1) == 5, lambda: f"{op}: rois must be a tensor [K, 5], got {tuple(rois.shape)}"
-    )
-    torch._check(rois.dtype == input.dtype, lambda: f"{op}: rois must have the same dtype as input")
-
-
-@torch.library.register_fake("visionops::roi_align")
-def _roi_align_fake(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned):
-    _check_fake_args("roi_align", input, rois)
-    shape = (rois.size(0), input.size(1), pooled_height, pooled_width)
-    return torch.empty(shape, dtype=input.dtype, device=input.device, memory_format=memory_format_of(input))
-
-
-@torch.library.register_fake("visionops::_roi_align_backward")
-def _roi_align_backward_fake(
-    grad, rois, spatial_scale, pooled_height, pooled_width, batch_size, channels, height, width, sampling_ratio, aligned
-):
-    shape = (batch_size, channels, height, width)
-    return torch.empty(shape, dtype=grad.dtype, device=grad.device, memory_format=memory_format_of(grad))
-
-
-@torch.library.register_fake("visionops::roi_pool")
-def _roi_pool_fake(input, rois, spatial_scale, pooled_height, pooled_width):
-    _check_fake_args("roi_pool", input, rois)
-    shape = (rois.size(0), input.size(1), pooled_height, pooled_width)
-    fmt = memory_format_of(input)
-    output = torch.empty(shape, dtype=input.dtype, device=input.device, memory_format=fmt)
-    argmax = torch.empty(shape, dtype=torch.int64, device=input.device, memory_format=fmt)
-    return output, argmax
-
-
-@torch.library.register_fake("visionops::_roi_pool_backward")
-def _roi_pool_backward_fake(
-    grad, rois, argmax, spatial_scale, pooled_height, pooled_width, batch_size, channels, height, width
-):
-    shape = (batch_size, channels, height, width)
-    return torch.empty(shape, dtype=grad.dtype, device=grad.device, memory_format=memory_format_of(argmax))
-
-
-# ---------------------------------------------------------------- autograd
-
-
-def _roi_align_setup_context(ctx, inputs, output):
-    input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned = inputs
-    ctx.save_for_backward(rois)
-    ctx.input_shape = input.shape
-    ctx.params = (spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned)
-
-
-def _roi_align_backward(ctx, grad):
-    (rois,) = ctx.saved_tensors
-    spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned = ctx.params
-    n, c, h, w = ctx.input_shape
-    grad_input = torch.ops.visionops._roi_align_backward(
-        grad, rois, spatial_scale, pooled_height, pooled_width, n, c, h, w, sampling_ratio, aligned
-    )
-    return grad_input, None, None, None, None, None, None
-
-
-torch.library.register_autograd(
-    "visionops::roi_align", _roi_align_backward, setup_context=_roi_align_setup_context
-)
-
-
-def _roi_pool_setup_context(ctx, inputs, output):
-    input, rois, spatial_scale, pooled_height, pooled_width = inputs
-    _, argmax = output
-    ctx.mark_non_differentiable(argmax)
-    ctx.save_for_backward(rois, argmax)
-    ctx.input_shape = input.shape
-    ctx.params = (spatial_scale, pooled_height, pooled_width)
-
-
-def _roi_pool_backward(ctx, grad, _grad_argmax):
-    rois, argmax = ctx.saved_tensors
-    spatial_scale, pooled_height, pooled_width = ctx.params
-    n, c, h, w = ctx.input_shape
-    grad_input = torch.ops.visionops._roi_pool_backward(
-        grad, rois, argmax, spatial_scale, pooled_height, pooled_width, n, c, h, w
-    )
-    return grad_input, None, None, None, None
-
-
-torch.library.register_autograd("visionops::roi_pool", _roi_pool_backward, setup_context=_roi_pool_setup_context)
-
-# ---------------------------------------------------------------- autocast
-
-register_float32_autocast("roi_align")
-register_float32_autocast("roi_pool")
+# fake kernels, autograd and autocast: shared with the rotated family
+register_pooling_ops("roi_align", "roi_pool", roi_columns=5)

@@ -21,7 +21,8 @@ from typing import Sequence, Union
 import torch
 from torch import Tensor
 
-from ._registry import check_tensor, memory_format_of, pair, register_float32_autocast
+from ._pooling import register_pooling_ops
+from ._registry import check_tensor, pair, register_float32_autocast
 
 __all__ = [
     "box_iou_rotated",
@@ -308,101 +309,14 @@ def _box_iou_rotated_fake(boxes1, boxes2, mode, aligned):
     return boxes1.new_empty((boxes1.size(0), boxes2.size(0)))
 
 
-def _check_fake_args(op: str, input: Tensor, rois: Tensor) -> None:
-    torch._check(input.dim() == 4, lambda: f"{op}: input must be a 4-D tensor [N, C, H, W], got {input.dim()}-D")
-    torch._check(
-        rois.dim() == 2 and rois.size(1) == 6, lambda: f"{op}: rois must be a tensor [K, 6], got {tuple(rois.shape)}"
-    )
-    torch._check(rois.dtype == input.dtype, lambda: f"{op}: rois must have the same dtype as input")
+# fake kernels, autograd and autocast of the pooling ops: shared with the roi family
+register_pooling_ops("roi_align_rotated", "roi_pool_rotated", roi_columns=6)
 
-
-@torch.library.register_fake("visionops::roi_align_rotated")
-def _roi_align_rotated_fake(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned):
-    _check_fake_args("roi_align_rotated", input, rois)
-    shape = (rois.size(0), input.size(1), pooled_height, pooled_width)
-    return torch.empty(shape, dtype=input.dtype, device=input.device, memory_format=memory_format_of(input))
-
-
-@torch.library.register_fake("visionops::_roi_align_rotated_backward")
-def _roi_align_rotated_backward_fake(
-    grad, rois, spatial_scale, pooled_height, pooled_width, batch_size, channels, height, width, sampling_ratio, aligned
-):
-    shape = (batch_size, channels, height, width)
-    return torch.empty(shape, dtype=grad.dtype, device=grad.device, memory_format=memory_format_of(grad))
-
-
-@torch.library.register_fake("visionops::roi_pool_rotated")
-def _roi_pool_rotated_fake(input, rois, spatial_scale, pooled_height, pooled_width):
-    _check_fake_args("roi_pool_rotated", input, rois)
-    shape = (rois.size(0), input.size(1), pooled_height, pooled_width)
-    fmt = memory_format_of(input)
-    output = torch.empty(shape, dtype=input.dtype, device=input.device, memory_format=fmt)
-    argmax = torch.empty(shape, dtype=torch.int64, device=input.device, memory_format=fmt)
-    return output, argmax
-
-
-@torch.library.register_fake("visionops::_roi_pool_rotated_backward")
-def _roi_pool_rotated_backward_fake(
-    grad, rois, argmax, spatial_scale, pooled_height, pooled_width, batch_size, channels, height, width
-):
-    shape = (batch_size, channels, height, width)
-    return torch.empty(shape, dtype=grad.dtype, device=grad.device, memory_format=memory_format_of(argmax))
-
-
-# ---------------------------------------------------------------- autograd
-
-
-def _roi_align_rotated_setup_context(ctx, inputs, output):
-    input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned = inputs
-    ctx.save_for_backward(rois)
-    ctx.input_shape = input.shape
-    ctx.params = (spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned)
-
-
-def _roi_align_rotated_backward(ctx, grad):
-    (rois,) = ctx.saved_tensors
-    spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned = ctx.params
-    n, c, h, w = ctx.input_shape
-    grad_input = torch.ops.visionops._roi_align_rotated_backward(
-        grad, rois, spatial_scale, pooled_height, pooled_width, n, c, h, w, sampling_ratio, aligned
-    )
-    return grad_input, None, None, None, None, None, None
-
-
-torch.library.register_autograd(
-    "visionops::roi_align_rotated", _roi_align_rotated_backward, setup_context=_roi_align_rotated_setup_context
-)
-
-
-def _roi_pool_rotated_setup_context(ctx, inputs, output):
-    input, rois, spatial_scale, pooled_height, pooled_width = inputs
-    _, argmax = output
-    ctx.mark_non_differentiable(argmax)
-    ctx.save_for_backward(rois, argmax)
-    ctx.input_shape = input.shape
-    ctx.params = (spatial_scale, pooled_height, pooled_width)
-
-
-def _roi_pool_rotated_backward(ctx, grad, _grad_argmax):
-    rois, argmax = ctx.saved_tensors
-    spatial_scale, pooled_height, pooled_width = ctx.params
-    n, c, h, w = ctx.input_shape
-    grad_input = torch.ops.visionops._roi_pool_rotated_backward(
-        grad, rois, argmax, spatial_scale, pooled_height, pooled_width, n, c, h, w
-    )
-    return grad_input, None, None, None, None
-
-
-torch.library.register_autograd(
-    "visionops::roi_pool_rotated", _roi_pool_rotated_backward, setup_context=_roi_pool_rotated_setup_context
-)
 
 # ---------------------------------------------------------------- autocast
 # RoI coordinates must not be rounded to 16 bits: the pooling ops run in float32
-# under autocast. box_iou_rotated runs natively in any dtype (float64 inside).
-
-register_float32_autocast("roi_align_rotated")
-register_float32_autocast("roi_pool_rotated")
+# under autocast (registered with the pooling ops above). box_iou_rotated runs
+# natively in any dtype (float64 inside).
 
 
 # ---------------------------------------------------------------- rotated NMS
