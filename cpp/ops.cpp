@@ -20,6 +20,53 @@ TORCH_LIBRARY(visionops, m) {
       "_roi_pool_backward(Tensor grad, Tensor rois, Tensor argmax, float spatial_scale, SymInt pooled_height, "
       "SymInt pooled_width, SymInt batch_size, SymInt channels, SymInt height, SymInt width) -> Tensor");
 
+  // ---- ctc: connectionist temporal classification loss (Graves et al. 2006)
+  // log_probs [T, N, C]; targets padded [N, S] or concatenated 1-D; returns
+  // (per-sample negative log-likelihood [N], log_alpha [N, T, 2 * max_target_length + 1]
+  // in float32, float64 for float64 log_probs); zero_infinity zeroes infinite losses.
+  m.def(
+      "ctc_loss(Tensor log_probs, Tensor targets, Tensor input_lengths, Tensor target_lengths, "
+      "SymInt max_target_length, int blank, bool zero_infinity) -> (Tensor, Tensor)");
+  // gradient w.r.t. log_probs in torch's form exp(lp) - occupancy / p (see ctc.h)
+  m.def(
+      "_ctc_loss_backward(Tensor grad, Tensor log_probs, Tensor targets, Tensor input_lengths, "
+      "Tensor target_lengths, Tensor log_alpha, int blank, bool zero_infinity) -> Tensor");
+  // CTC prefix beam search (CPU kernel): (labels [N, T] padded with -1, lengths [N],
+  // log-probability of each best labelling [N], float32 or float64)
+  m.def("ctc_beam_search_decode(Tensor log_probs, Tensor input_lengths, int beam_width, int blank) "
+        "-> (Tensor, Tensor, Tensor)");
+  // ---- sampling: grid_sample, fused affine (STN) and thin-plate-spline (RARE) warps.
+  // interpolation_mode: 0 bilinear, 1 nearest; padding_mode: 0 zeros, 1 border, 2 reflection.
+  m.def(
+      "grid_sample(Tensor input, Tensor grid, int interpolation_mode, int padding_mode, bool align_corners) "
+      "-> Tensor");
+  // output_mask: (input, grid) gradients wanted; an unwanted one is returned as an empty tensor [0]
+  m.def(
+      "_grid_sample_backward(Tensor grad, Tensor input, Tensor grid, int interpolation_mode, int padding_mode, "
+      "bool align_corners, bool[2] output_mask) -> (Tensor, Tensor)");
+  m.def(
+      "affine_grid_sample(Tensor input, Tensor theta, SymInt height, SymInt width, int interpolation_mode, "
+      "int padding_mode, bool align_corners) -> Tensor");
+  m.def(
+      "tps_grid(Tensor kernel_weights, Tensor affine_weights, Tensor target_points, SymInt height, SymInt width, "
+      "bool align_corners) -> Tensor");
+  // returns (grad_kernel_weights, grad_target_points); the affine part is a matmul done in Python
+  m.def(
+      "_tps_grid_backward(Tensor grad_grid, Tensor kernel_weights, Tensor target_points, bool align_corners) "
+      "-> (Tensor, Tensor)");
+  m.def(
+      "tps_grid_sample(Tensor input, Tensor kernel_weights, Tensor affine_weights, Tensor target_points, "
+      "SymInt height, SymInt width, int interpolation_mode, int padding_mode, bool align_corners) -> Tensor");
+  // ---- boxes: axis-aligned IoU and NMS (x1, y1, x2, y2); keep indices are int64,
+  // in order of decreasing score (ties: lower index first)
+  m.def("box_iou(Tensor boxes1, Tensor boxes2) -> Tensor");
+  m.def("nms(Tensor boxes, Tensor scores, float iou_threshold) -> Tensor");
+  m.def("batched_nms(Tensor boxes, Tensor scores, Tensor idxs, float iou_threshold) -> Tensor");
+  // fixed-size result: (keep [max_output_size] padded with -1, number kept as a 0-d int64 tensor)
+  m.def(
+      "nms_fixed(Tensor boxes, Tensor scores, Tensor? idxs, float iou_threshold, int max_output_size) "
+      "-> (Tensor, Tensor)");
+
   // ---- rotated: rotated boxes (cx, cy, w, h, angle in degrees ccw), RRPN
   // mode: 0 = iou, 1 = iof (intersection over the area of boxes1); aligned: pairwise [N] instead of [N, M]
   m.def("box_iou_rotated(Tensor boxes1, Tensor boxes2, int mode, bool aligned) -> Tensor");
@@ -39,4 +86,8 @@ TORCH_LIBRARY(visionops, m) {
       "_roi_pool_rotated_backward(Tensor grad, Tensor rois, Tensor argmax, float spatial_scale, "
       "SymInt pooled_height, SymInt pooled_width, SymInt batch_size, SymInt channels, SymInt height, "
       "SymInt width) -> Tensor");
+
+  // rotated NMS (generic NMS of nms.h with the rotated IoU); same conventions as nms / batched_nms
+  m.def("nms_rotated(Tensor boxes, Tensor scores, float iou_threshold) -> Tensor");
+  m.def("batched_nms_rotated(Tensor boxes, Tensor scores, Tensor idxs, float iou_threshold) -> Tensor");
 }

@@ -319,8 +319,8 @@ void roi_pool_forward_impl(const at::Tensor& input, const at::Tensor& rois, at::
         for (int64_t ph = 0; ph < PH; ++ph) {
           for (int64_t pw = 0; pw < PW; ++pw) {
             T best;
-            const int64_t index =
-                window_max(plane, s_px, W, rows[2 * ph], rows[2 * ph + 1], cols[2 * pw], cols[2 * pw + 1], best);
+            const int64_t index = window_max<T, scalar_t, int64_t>(plane, s_px, W, rows[2 * ph], rows[2 * ph + 1],
+                                                                   cols[2 * pw], cols[2 * pw + 1], best);
             o[(ph * PW + pw) * o_bin] = static_cast<scalar_t>(best);
             a[(ph * PW + pw) * o_bin] = index;
           }

@@ -392,7 +392,10 @@ def test_cuda_matches_cpu_on_detector_sizes(op):
     xc = x.clone().requires_grad_(True)
     xg = x.cuda().requires_grad_(True)
     out_c, out_g = fn(xc, rois, *args), fn(xg, rois.cuda(), *args)
-    torch.testing.assert_close(out_g.cpu(), out_c, **FP32_TOL)
+    # CPU folds samples into per-cell weights first, CUDA sums sample by sample:
+    # with up to 16 products of O(1) values per output the float32 results differ
+    # by a few 1e-6 typically; over 1.6M outputs the worst seen was 2e-5.
+    torch.testing.assert_close(out_g.cpu(), out_c, rtol=1e-5, atol=5e-5)
     grad = torch.randn_like(out_c)
     out_c.backward(grad)
     out_g.backward(grad.cuda())

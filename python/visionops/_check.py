@@ -85,6 +85,75 @@ def _vs_torchvision(op: str) -> Optional[Callable[[str], float]]:
     return run
 
 
+def _ctc_loss_two_steps(device: str) -> float:
+    # T=2, C=2 (blank 0), target [1]: alignments 11, 10, 01 -> p = 0.4*0.7 + 0.4*0.3 + 0.6*0.7 = 0.82
+    lp = torch.tensor([[0.6, 0.4], [0.3, 0.7]], dtype=torch.float64, device=device).log().unsqueeze(1)
+    loss = ops.ctc_loss(lp, torch.tensor([[1]], device=device), [2], [1], reduction="sum")
+    return abs(loss.item() + torch.log(torch.tensor(0.82, dtype=torch.float64)).item())
+
+
+def _ctc_loss_vs_torch(device: str) -> float:
+    g = torch.Generator().manual_seed(0)
+    lp = torch.randn(50, 8, 37, generator=g).log_softmax(2).to(device).requires_grad_(True)
+    targets = torch.randint(1, 37, (8, 12), generator=g).to(device)
+    il, tl = torch.tensor([50, 48, 45, 50, 30, 20, 50, 41]), torch.tensor([12, 10, 12, 3, 7, 12, 1, 9])
+    errs = []
+    for fn in (ops.ctc_loss, torch.nn.functional.ctc_loss):
+        loss = fn(lp, targets, il, tl, reduction="mean")
+        errs.append((loss.detach(), torch.autograd.grad(loss, lp)[0]))
+    (a, ga), (b, gb) = errs
+    return max((a - b).abs().item(), (ga - gb).abs().max().item())
+
+
+def _ctc_greedy_one_hot(device: str) -> float:
+    lp = torch.eye(4, device=device)[[1, 1, 0, 1, 2, 2, 0, 3]].clamp_min(1e-4).log().unsqueeze(1)
+    (out,) = ops.ctc_greedy_decode(lp, [8])
+    return 0.0 if out.tolist() == [1, 1, 2, 3] else 1.0
+
+
+def _ctc_beam_two_steps(device: str) -> float:
+    # best labelling [1] by summing 11, 10, 01: 0.36 + 0.24 + 0.24 = 0.84 (best path "11" alone: 0.36)
+    lp = torch.tensor([[0.4, 0.6], [0.4, 0.6]], dtype=torch.float64, device=device).log().unsqueeze(1)
+    (seq,), scores = ops.ctc_beam_search_decode(lp, [2])
+    return abs(scores.exp().item() - 0.84) + (0.0 if seq.tolist() == [1] else 1.0)
+def _nms_worked_example(device: str) -> float:
+    # three boxes: IoU(0, 1) = 81/100 > 0.5 suppresses box 1; box 2 is disjoint
+    boxes = torch.tensor([[0.0, 0, 10, 10], [1, 1, 10, 10], [20, 20, 30, 30]], device=device)
+    scores = torch.tensor([0.9, 0.8, 0.7], device=device)
+    keep = ops.nms(boxes, scores, 0.5).tolist()
+    keep_fixed, count = ops.nms_fixed(boxes, scores, 0.5, 3)
+    batched = ops.batched_nms(boxes, scores, torch.tensor([0, 1, 0], device=device), 0.5).tolist()
+    iou = ops.box_iou(boxes[:1], boxes).cpu()
+    errors = [keep != [0, 2], keep_fixed.tolist() != [0, 2, -1], count.item() != 2, batched != [0, 1, 2]]
+    return float(any(errors)) + (iou - torch.tensor([[1.0, 0.81, 0.0]])).abs().max().item()
+
+
+def _boxes_vs_torchvision(op: str) -> Optional[Callable[[str], float]]:
+    try:
+        import torchvision
+    except ImportError:
+        return None
+
+    def run(device: str) -> float:
+        from .data import random_boxes
+
+        g = torch.Generator().manual_seed(0)
+        boxes = random_boxes(2000, (800, 1088), min_size=8, max_size=300, generator=g).to(device)
+        scores = torch.rand(2000, generator=g).to(device)
+        idxs = torch.randint(0, 80, (2000,), generator=g).to(device)
+        if op == "box_iou":
+            return (ops.box_iou(boxes, boxes[:500]) - torchvision.ops.box_iou(boxes, boxes[:500])).abs().max().item()
+        if op == "nms":
+            ours, ref = ops.nms(boxes, scores, 0.5), torchvision.ops.nms(boxes, scores, 0.5)
+        else:
+            ours = ops.batched_nms(boxes, scores, idxs, 0.5)
+            ref = torchvision.ops.boxes._batched_nms_vanilla(boxes, scores, idxs, 0.5)
+        # an index mismatch counts as an error of 1
+        return 0.0 if torch.equal(ours.cpu(), ref.cpu()) else 1.0
+
+    return run
+
+
 # ---------------------------------------------------------------- rotated family
 
 
@@ -139,6 +208,10 @@ def all_checks() -> list[Check]:
     checks = [
         Check("roi_align", "linear ramp (exact)", _roi_align_ramp, 1e-10),
         Check("roi_pool", "linear ramp (exact)", _roi_pool_ramp, 0.0),
+        Check("ctc_loss", "2-step enumeration", _ctc_loss_two_steps, 1e-12),
+        Check("ctc_loss", "torch F.ctc_loss", _ctc_loss_vs_torch, 1e-4),
+        Check("ctc_greedy_decode", "one-hot path (exact)", _ctc_greedy_one_hot, 0.0),
+        Check("ctc_beam_search", "2-step enumeration", _ctc_beam_two_steps, 1e-12),
         Check("box_iou_rotated", "closed forms", _box_iou_rotated_analytic, 1e-12),
         Check("roi_align_rotated", "linear ramp (exact)", _roi_align_rotated_ramp, 1e-10),
     ]
@@ -146,6 +219,12 @@ def all_checks() -> list[Check]:
         run = _vs_torchvision(op)
         if run is not None:
             checks.append(Check(op, "torchvision", run, 1e-5))
+    checks += sampling_checks()
+    checks.append(Check("nms_fixed", "worked example, 4 ops", _nms_worked_example, 1e-6))
+    for op in ("box_iou", "nms", "batched_nms"):
+        run = _boxes_vs_torchvision(op)
+        if run is not None:
+            checks.append(Check(op, "torchvision", run, 0.0))
     if _vs_torchvision("roi_pool") is not None:  # torchvision installed
         checks.append(Check("roi_pool_rotated", "torchvision roi_pool, angle 0", _roi_pool_rotated_vs_roi_pool, 0.0))
     return checks
@@ -165,3 +244,97 @@ def run_checks(devices: list[str]) -> tuple[list[tuple[str, str, str, float, flo
             ok &= passed
             rows.append((check.op, device, check.reference, err, check.tolerance, passed))
     return rows, ok
+
+
+# ---------------------------------------------------------------- sampling
+
+
+def _grid_sample_ramp(device: str) -> float:
+    # bilinear interpolation of a linear ramp is exact at interior points
+    x = _ramp(device)
+    g = torch.Generator().manual_seed(0)
+    grid = (torch.rand(1, 6, 7, 2, generator=g, dtype=torch.float64) * 1.6 - 0.8).to(device)
+    out = ops.grid_sample(x, grid, "bilinear", "zeros", True)
+    px = (grid[..., 0] + 1) / 2 * 23
+    py = (grid[..., 1] + 1) / 2 * 19
+    return (out[0, 0] - (0.5 * px + 2.0 * py + 1.0)[0]).abs().max().item()
+
+
+def _grid_sample_vs_torch(device: str) -> float:
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 3, 9, 11, generator=g).to(device)
+    grid = (torch.rand(2, 5, 6, 2, generator=g) * 3 - 1.5).to(device)
+    err = 0.0
+    for mode in ("bilinear", "nearest"):
+        for padding in ("zeros", "border", "reflection"):
+            for align in (False, True):
+                ours = ops.grid_sample(x, grid, mode, padding, align)
+                ref = F.grid_sample(x, grid, mode, padding, align)
+                err = max(err, (ours - ref).abs().max().item())
+    return err
+
+
+def _affine_worked_example(device: str) -> float:
+    # SEED_NOTES: bilinear read at pixel (1.2, 2.3) of the 4-pixel patch 1, 2 / 3, 4 gives 1.8
+    img = torch.zeros(1, 1, 5, 5, dtype=torch.float64, device=device)
+    img[0, 0, 2, 1], img[0, 0, 2, 2], img[0, 0, 3, 1], img[0, 0, 3, 2] = 1, 2, 3, 4
+    theta = torch.tensor([[[0.0, 0.0, 1.2 / 2 - 1], [0.0, 0.0, 2.3 / 2 - 1]]], dtype=torch.float64, device=device)
+    return abs(ops.affine_grid_sample(img, theta, (1, 1), align_corners=True).item() - 1.8)
+
+
+def _affine_vs_torch(device: str) -> float:
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(4, 2, 12, 13, generator=g).to(device)
+    theta = (torch.eye(2, 3) + 0.3 * torch.randn(4, 2, 3, generator=g)).to(device)
+    ref = F.grid_sample(x, F.affine_grid(theta, [4, 2, 7, 9], align_corners=False), align_corners=False)
+    grid_err = (ops.affine_grid(theta, (4, 2, 7, 9)) - F.affine_grid(theta, [4, 2, 7, 9], align_corners=False))
+    return max((ops.affine_grid_sample(x, theta, (7, 9)) - ref).abs().max().item(), grid_err.abs().max().item())
+
+
+def _tps_identity(device: str) -> float:
+    target = ops.rare_fiducials(20, dtype=torch.float64, device=device)
+    kw, aw = ops.tps_fit(target, target)
+    grid = ops.tps_grid(kw, aw, target, (32, 100))
+    eye = torch.eye(2, 3, dtype=torch.float64, device=device)[None]
+    return (grid - ops.affine_grid(eye, (1, 1, 32, 100))).abs().max().item()
+
+
+def _tps_interpolates(device: str) -> float:
+    # control points on pixel centres (align_corners) must map exactly to the source points
+    target = torch.tensor([[-1.0, -1.0], [1.0, -1.0], [-1.0, 1.0], [1.0, 1.0], [0.0, 0.0], [0.5, -0.5]],
+                          dtype=torch.float64, device=device)
+    g = torch.Generator().manual_seed(3)
+    source = target + 0.2 * torch.randn(6, 2, generator=g, dtype=torch.float64).to(device)
+    kw, aw = ops.tps_fit(source, target)
+    grid = ops.tps_grid(kw, aw, target, (5, 5), align_corners=True)[0]  # pixel i at -1 + i / 2
+    idx = [(0, 0), (0, 4), (4, 0), (4, 4), (2, 2), (1, 3)]
+    return max((grid[r, c] - source[k]).abs().max().item() for k, (r, c) in enumerate(idx))
+
+
+def _tps_fused_vs_unfused(device: str) -> float:
+    g = torch.Generator().manual_seed(4)
+    target = ops.rare_fiducials(20, device=device)
+    source = target * 0.8 + 0.05 * torch.randn(20, 2, generator=g).to(device)
+    kw, aw = ops.tps_fit(source, target)
+    x = torch.randn(1, 3, 64, 200, generator=g).to(device)
+    # same float32 coordinates on both paths (torch's own grid_sample rounds the
+    # unnormalisation differently: ~1e-5 of a pixel, so it is not the reference here)
+    ref = ops.grid_sample(x, ops.tps_grid(kw, aw, target, (32, 100)))
+    return (ops.tps_grid_sample(x, kw, aw, target, (32, 100)) - ref).abs().max().item()
+
+
+def sampling_checks() -> list[Check]:
+    return [
+        Check("grid_sample", "linear ramp (exact)", _grid_sample_ramp, 1e-10),
+        Check("grid_sample", "torch F.grid_sample (all modes)", _grid_sample_vs_torch, 1e-5),
+        Check("affine_grid_sample", "SEED_NOTES worked example 1.8", _affine_worked_example, 1e-12),
+        # float32 base coordinates computed vs read from linspace: an ulp of a ~10-pixel coordinate
+        Check("affine_grid_sample", "torch grid_sample(affine_grid)", _affine_vs_torch, 5e-5),
+        Check("tps_grid", "identity when source == target", _tps_identity, 1e-9),
+        Check("tps_fit", "control points interpolated", _tps_interpolates, 1e-10),
+        Check("tps_grid_sample", "grid_sample(tps_grid) (unfused)", _tps_fused_vs_unfused, 1e-6),
+    ]

@@ -35,6 +35,8 @@ VISIONOPS_HOST_DEVICE bool bilinear_axis(T pos, int64_t size, int64_t& low, int6
 
 // The sampling layout of one RoI along one axis: bin p's samples sit at
 // start + p * bin + (i + 0.5) * bin / grid for i in [0, grid).
+constexpr int64_t kSmallGrid = 64;
+
 template <typename T>
 struct RoiAlignAxis {
   T start;
@@ -52,7 +54,9 @@ struct RoiAlignAxis {
   VISIONOPS_HOST_DEVICE void valid_range(int64_t p, int64_t size, int64_t& first, int64_t& last) const {
     first = 0;
     last = grid;
-    if (grid <= 0 || bin == T(0)) return;
+    // small grids (every real RoI) are visited whole; bilinear_axis() rejects
+    // outside samples, and double-precision work is kept off the hot path
+    if (grid <= kSmallGrid || bin == T(0)) return;
     const double base = static_cast<double>(start) + static_cast<double>(p) * static_cast<double>(bin);
     const double step = static_cast<double>(bin) / static_cast<double>(grid);
     double lo = (-1.0 - base) / step - 0.5;
@@ -144,6 +148,44 @@ VISIONOPS_HOST_DEVICE T roi_align_cell_weight(const RoiAlignAxis<T>& axis, int64
   return w;
 }
 
+// The samples of bin p along one axis folded into per-cell weights over the
+// contiguous cells [first, first + length). Returns false when the bin spans more
+// than S cells (huge bins): the caller then visits samples one by one. Loops
+// are unrolled over S so the weights stay in registers on the GPU.
+template <typename T, int S>
+struct AxisSpan {
+  int64_t first;
+  int length;
+  T w[S];
+};
+
+template <typename T, int S>
+VISIONOPS_HOST_DEVICE bool fold_axis_samples(const RoiAlignAxis<T>& axis, int64_t p, int64_t size, AxisSpan<T, S>& span) {
+  int64_t i0, i1;
+  axis.valid_range(p, size, i0, i1);
+  int64_t lo = size, hi = -1;
+  for (int64_t i = i0; i < i1; ++i) {
+    int64_t l, h;
+    T wl, wh;
+    if (!bilinear_axis(axis.sample(p, i), size, l, h, wl, wh)) continue;
+    lo = l < lo ? l : lo;
+    hi = h > hi ? h : hi;
+  }
+  span.first = lo;
+  span.length = hi < lo ? 0 : static_cast<int>(hi - lo + 1);
+  if (span.length > S) return false;
+#pragma unroll
+  for (int t = 0; t < S; ++t) span.w[t] = T(0);
+  for (int64_t i = i0; i < i1; ++i) {
+    int64_t l, h;
+    T wl, wh;
+    if (!bilinear_axis(axis.sample(p, i), size, l, h, wl, wh)) continue;
+#pragma unroll
+    for (int t = 0; t < S; ++t) span.w[t] += (lo + t == l ? wl : T(0)) + (lo + t == h ? wh : T(0));
+  }
+  return true;
+}
+
 // RoIPool (Fast R-CNN) as torchvision: coordinates rounded to cells, "+1" width,
 // bin p covers cells [floor(p * bin) + start, ceil((p + 1) * bin) + start), clipped.
 template <typename T>
@@ -192,18 +234,17 @@ VISIONOPS_HOST_DEVICE RoiPoolBox<T> make_roi_pool_box(const R* roi, T spatial_sc
 // plane[(h * width + w) * cell_stride]. The first maximum wins (as torchvision);
 // NaN propagates (as torch.max) instead of being skipped. Returns the cell index
 // h * width + w of the result, -1 for an empty window (value then 0).
-template <typename T, typename V>
-VISIONOPS_HOST_DEVICE int64_t window_max(const V* plane, int64_t cell_stride, int64_t width, int64_t h0, int64_t h1,
-                                         int64_t w0, int64_t w1, T& best) {
+template <typename T, typename V, typename I>
+VISIONOPS_HOST_DEVICE I window_max(const V* plane, I cell_stride, I width, I h0, I h1, I w0, I w1, T& best) {
   if (h1 <= h0 || w1 <= w0) {
     best = T(0);
     return -1;
   }
-  int64_t best_index = h0 * width + w0;
+  I best_index = h0 * width + w0;
   best = static_cast<T>(plane[best_index * cell_stride]);
   if (!(best == best)) return best_index;
-  for (int64_t h = h0; h < h1; ++h) {
-    for (int64_t w = w0; w < w1; ++w) {
+  for (I h = h0; h < h1; ++h) {
+    for (I w = w0; w < w1; ++w) {
       const T v = static_cast<T>(plane[(h * width + w) * cell_stride]);
       if (v > best) {
         best = v;

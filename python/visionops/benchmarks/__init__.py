@@ -12,7 +12,7 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-FAMILIES = ["roi", "rotated"]
+FAMILIES = ["roi", "boxes", "rotated", "ctc", "sampling"]
 
 
 @dataclass

@@ -120,7 +120,10 @@ def run_report(
     md_path = png_path = None
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)
-        stem = os.path.join(out_dir, f"{machine}-{date}{'-quick' if quick else ''}")
+        from . import FAMILIES
+
+        scope = "" if sorted(families) == sorted(FAMILIES) else "-" + "-".join(families)
+        stem = os.path.join(out_dir, f"{machine}-{date}{scope}{'-quick' if quick else ''}")
         md_path = stem + ".md"
         with open(md_path, "w") as f:
             f.write(markdown)

@@ -45,8 +45,9 @@ def random_rois(
 ) -> Tensor:
     """``Tensor[n, 5]`` ``(batch_index, x1, y1, x2, y2)`` with images drawn uniformly.
 
-    >>> random_rois(4, 2, (64, 64), generator=torch.Generator().manual_seed(0))[:, 0].tolist()
-    [0.0, 1.0, 0.0, 0.0]
+    >>> rois = random_rois(4, 2, (64, 64), generator=torch.Generator().manual_seed(0))
+    >>> rois.shape, set(rois[:, 0].tolist()) <= {0.0, 1.0}
+    (torch.Size([4, 5]), True)
     """
     boxes = random_boxes(n, image_size, generator=generator, dtype=torch.float64, **kwargs)
     index = torch.randint(0, batch_size, (n, 1), generator=generator).to(torch.float64)

@@ -1,6 +1,17 @@
 """nn.Module wrappers of visionops ops."""
 
+from .ctc import CTCLoss
 from .roi import MultiScaleRoIAlign, RoIAlign, RoIPool
 from .rotated import RoIAlignRotated, RoIPoolRotated
+from .sampling import AffineGridSampler, TPSGridSampler
 
-__all__ = ["RoIAlign", "RoIPool", "MultiScaleRoIAlign", "RoIAlignRotated", "RoIPoolRotated"]
+__all__ = [
+    "RoIAlign",
+    "RoIPool",
+    "MultiScaleRoIAlign",
+    "RoIAlignRotated",
+    "RoIPoolRotated",
+    "CTCLoss",
+    "AffineGridSampler",
+    "TPSGridSampler",
+]

@@ -27,7 +27,7 @@ def register_float32_autocast(name: str) -> None:
                 out = op(*cast)
             if isinstance(out, tuple):
                 return tuple(o.to(dtype) if o.is_floating_point() else o for o in out)
-            return out.to(dtype)
+            return out.to(dtype) if out.is_floating_point() else out  # index outputs stay int64
 
         _lib.impl(name, kernel, key)
 

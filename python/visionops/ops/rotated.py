@@ -403,3 +403,78 @@ torch.library.register_autograd(
 
 register_float32_autocast("roi_align_rotated")
 register_float32_autocast("roi_pool_rotated")
+
+
+# ---------------------------------------------------------------- rotated NMS
+# The generic NMS of the boxes family (cpp/include/visionops/nms.h) with the
+# rotated IoU above; kernels in cpp/nms_rotated_cpu.cpp, cuda/nms_rotated_cuda.cu.
+
+__all__ += ["nms_rotated", "batched_nms_rotated"]
+
+
+def nms_rotated(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
+    """Greedy NMS of rotated boxes (RRPN's skew-NMS), exactly as :func:`visionops.ops.nms`
+    with :func:`box_iou_rotated` as the overlap.
+
+    Args:
+        boxes: ``Tensor[N, 5]`` ``(cx, cy, w, h, angle)``, angle in degrees
+            counter-clockwise, floating point (the IoU is computed in float64).
+        scores: ``Tensor[N]``, same dtype and device.
+        iou_threshold: in ``[0, 1]``; a box is dropped when its rotated IoU with
+            a kept, higher-scoring box is ``> iou_threshold``.
+
+    Returns:
+        int64 ``Tensor[K]`` of kept indices by decreasing score (ties: lower
+        index first). Boxes with a side <= 0 or a non-finite value have IoU 0
+        with everything: they are kept and suppress nothing. On CUDA only the
+        count ``K`` is read back to the host.
+
+    Example:
+        >>> boxes = torch.tensor([[5., 5., 10., 4., 0.], [5., 5., 10., 4., 10.], [5., 5., 10., 4., 90.]])
+        >>> nms_rotated(boxes, torch.tensor([0.9, 0.8, 0.7]), 0.5)
+        tensor([0, 2])
+    """
+    from .boxes import _threshold
+
+    check_tensor(boxes, "boxes", "nms_rotated")
+    check_tensor(scores, "scores", "nms_rotated")
+    return torch.ops.visionops.nms_rotated(boxes, scores, _threshold(iou_threshold, "nms_rotated"))
+
+
+def batched_nms_rotated(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
+    """Rotated NMS per class (only boxes with equal ``idxs`` are compared), in one
+    kernel call; arguments and result as :func:`nms_rotated` and
+    :func:`visionops.ops.batched_nms`.
+
+    Example:
+        >>> boxes = torch.tensor([[5., 5., 10., 4., 0.], [5., 5., 10., 4., 10.], [5., 5., 10., 4., 10.]])
+        >>> batched_nms_rotated(boxes, torch.tensor([0.9, 0.8, 0.7]), torch.tensor([0, 1, 0]), 0.5)
+        tensor([0, 1])
+    """
+    from .boxes import _threshold
+
+    for name, value in (("boxes", boxes), ("scores", scores), ("idxs", idxs)):
+        check_tensor(value, name, "batched_nms_rotated")
+    return torch.ops.visionops.batched_nms_rotated(
+        boxes, scores, idxs, _threshold(iou_threshold, "batched_nms_rotated")
+    )
+
+
+@torch.library.register_fake("visionops::nms_rotated")
+def _nms_rotated_fake(boxes, scores, iou_threshold):
+    from .boxes import _check_fake_nms, _dynamic_keep
+
+    _check_fake_nms("nms_rotated", boxes, scores, None, dim=5)
+    return _dynamic_keep(boxes)
+
+
+@torch.library.register_fake("visionops::batched_nms_rotated")
+def _batched_nms_rotated_fake(boxes, scores, idxs, iou_threshold):
+    from .boxes import _check_fake_nms, _dynamic_keep
+
+    _check_fake_nms("batched_nms_rotated", boxes, scores, idxs, dim=5)
+    return _dynamic_keep(boxes)
+
+
+register_float32_autocast("nms_rotated")
+register_float32_autocast("batched_nms_rotated")

@@ -1,0 +1,621 @@
+// Grid sampling on the CPU: grid_sample, the fused affine and thin-plate-spline
+// warps (the sampling coordinate is computed per output point, no grid is
+// materialised) and the TPS grid with its parameter gradients.
+//
+// Every backward pass is deterministic whatever the thread count: grid
+// gradients are per output point, input gradients are accumulated by tasks
+// that each own whole (image, channel) planes and visit the output points in
+// order, and TPS parameter gradients are per (image, control point) sums.
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <type_traits>
+#include <vector>
+
+#include "visionops/sampling.h"
+#include "visionops/sampling_ops.h"
+
+namespace visionops {
+
+// ---------------------------------------------------------------- argument checks
+
+void check_sampling_input(const char* op, const at::Tensor& input, int64_t interpolation_mode, int64_t padding_mode) {
+  TORCH_CHECK(input.dim() == 4, op, ": input must be a 4-D tensor [N, C, H, W], got a ", input.dim(), "-D tensor");
+  TORCH_CHECK(at::isFloatingType(input.scalar_type()), op, ": input must be a floating-point tensor, got ",
+              input.scalar_type());
+  TORCH_CHECK(interpolation_mode == 0 || interpolation_mode == 1, op,
+              ": interpolation_mode must be 0 (bilinear) or 1 (nearest), got ", interpolation_mode);
+  TORCH_CHECK(padding_mode >= 0 && padding_mode <= 2, op,
+              ": padding_mode must be 0 (zeros), 1 (border) or 2 (reflection), got ", padding_mode);
+}
+
+void check_sampling_grid(const char* op, const at::Tensor& input, const at::Tensor& grid) {
+  TORCH_CHECK(grid.dim() == 4 && grid.size(3) == 2, op, ": grid must be a tensor [N, H_out, W_out, 2], got shape ",
+              grid.sizes());
+  TORCH_CHECK(grid.size(0) == input.size(0), op, ": grid and input must have the same batch size, got ",
+              grid.size(0), " and ", input.size(0));
+  TORCH_CHECK(grid.device() == input.device(), op, ": grid must be on the same device as input (", input.device(),
+              "), got ", grid.device());
+  TORCH_CHECK(grid.scalar_type() == input.scalar_type(), op, ": grid must have the same dtype as input (",
+              input.scalar_type(), "), got ", grid.scalar_type());
+}
+
+void check_sampling_theta(const char* op, const at::Tensor& input, const at::Tensor& theta) {
+  TORCH_CHECK(theta.dim() == 3 && theta.size(1) == 2 && theta.size(2) == 3, op,
+              ": theta must be a tensor [N, 2, 3], got shape ", theta.sizes());
+  TORCH_CHECK(theta.size(0) == input.size(0), op, ": theta and input must have the same batch size, got ",
+              theta.size(0), " and ", input.size(0));
+  TORCH_CHECK(theta.device() == input.device(), op, ": theta must be on the same device as input (", input.device(),
+              "), got ", theta.device());
+  TORCH_CHECK(theta.scalar_type() == input.scalar_type(), op, ": theta must have the same dtype as input (",
+              input.scalar_type(), "), got ", theta.scalar_type());
+}
+
+void check_tps_params(const char* op, const at::Tensor& like, const at::Tensor& kernel_weights,
+                      const at::Tensor& affine_weights, const at::Tensor& target_points) {
+  TORCH_CHECK(kernel_weights.dim() == 3 && kernel_weights.size(2) == 2, op,
+              ": kernel_weights must be a tensor [B, K, 2], got shape ", kernel_weights.sizes());
+  const int64_t B = kernel_weights.size(0), K = kernel_weights.size(1);
+  TORCH_CHECK(affine_weights.dim() == 3 && affine_weights.size(0) == B && affine_weights.size(1) == 3 &&
+                  affine_weights.size(2) == 2,
+              op, ": affine_weights must be a tensor [", B, ", 3, 2], got shape ", affine_weights.sizes());
+  TORCH_CHECK(target_points.dim() == 3 && target_points.size(0) == B && target_points.size(1) == K &&
+                  target_points.size(2) == 2,
+              op, ": target_points must be a tensor [", B, ", ", K, ", 2], got shape ", target_points.sizes());
+  for (const auto* t : {&kernel_weights, &affine_weights, &target_points}) {
+    TORCH_CHECK(t->device() == like.device(), op, ": kernel_weights, affine_weights and target_points must be on ",
+                like.device(), ", got ", t->device());
+    TORCH_CHECK(t->scalar_type() == like.scalar_type(), op,
+                ": kernel_weights, affine_weights and target_points must have dtype ", like.scalar_type(), ", got ",
+                t->scalar_type());
+  }
+}
+
+void check_output_size(const char* op, int64_t height, int64_t width) {
+  TORCH_CHECK(height >= 0 && width >= 0, op, ": output size must be non-negative, got (", height, ", ", width, ")");
+}
+
+namespace {
+
+Strides4 strides_of(const at::Tensor& t) { return {t.stride(0), t.stride(1), t.stride(2), t.stride(3)}; }
+
+// Calls f(integral_constant<Interp>, integral_constant<Padding>): the per-point
+// helpers of sampling.h are inlined with the modes as constants, so the point
+// loops carry no mode branches.
+template <typename F>
+void with_modes(Interp interp, Padding padding, F&& f) {
+  using I = Interp;
+  using P = Padding;
+  auto pad = [&](auto ki) {
+    switch (padding) {
+      case P::Zeros: return f(ki, std::integral_constant<P, P::Zeros>{});
+      case P::Border: return f(ki, std::integral_constant<P, P::Border>{});
+      default: return f(ki, std::integral_constant<P, P::Reflection>{});
+    }
+  };
+  if (interp == I::Nearest) return pad(std::integral_constant<I, I::Nearest>{});
+  return pad(std::integral_constant<I, I::Bilinear>{});
+}
+
+// ---------------------------------------------------------------- forward (any source)
+
+template <typename scalar_t, typename Source>
+void sample_forward_impl(const at::Tensor& input, at::Tensor& output, const Source& src, Interp interp_,
+                         Padding padding_, bool align_corners) {
+  with_modes(interp_, padding_, [&](auto ki, auto kp) {
+  constexpr Interp interp = decltype(ki)::value;
+  constexpr Padding padding = decltype(kp)::value;
+  using T = at::opmath_type<scalar_t>;
+  const int64_t C = input.size(1), H = input.size(2), W = input.size(3);
+  const int64_t N = output.size(0), OH = output.size(2), OW = output.size(3);
+  const Strides4 s = strides_of(input), os = strides_of(output);
+  const scalar_t* in = input.const_data_ptr<scalar_t>();
+  scalar_t* out = output.mutable_data_ptr<scalar_t>();
+  // one task per run of output rows: no index division per point
+  at::parallel_for(0, N * OH, std::max<int64_t>(1, 2048 / std::max<int64_t>(OW, 1)), [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t n = row / OH, h = row % OH;
+      const scalar_t* in_n = in + n * s.n;
+      scalar_t* out_row = out + n * os.n + h * os.y;
+      for (int64_t w = 0; w < OW; ++w) {
+        T gx, gy;
+        src(n, h, w, gx, gy);
+        sample_point<T, scalar_t>(in_n, s, C, H, W, gx, gy, interp, padding, align_corners, out_row + w * os.x,
+                                  os.c);
+      }
+    }
+  });
+  });
+}
+
+// GCC if-converts (and so vectorises) float selects only without trapping math;
+// the results are the same, only FP exception flags are not modelled.
+#if defined(__GNUC__) && !defined(__clang__)
+#define VISIONOPS_VECTORIZE __attribute__((optimize("no-trapping-math")))
+#else
+#define VISIONOPS_VECTORIZE
+#endif
+
+// Normalised coordinates -> floor (int32) and fraction of the pixel coordinate,
+// branch-free: x = ((g + 1) * M - K) / 2 is unnormalize() for both
+// align_corners (M = size - 1, K = 0) and not (M = size, K = 1), exactly.
+template <typename T, Padding kPad>
+VISIONOPS_VECTORIZE void pixel_floor_row(const T* __restrict__ g, T* __restrict__ frac, int32_t* __restrict__ cell,
+                                         int64_t count, T M, T K, T hi) {
+  const T big = static_cast<T>(kMaxCoordinate);
+  for (int64_t i = 0; i < count; ++i) {
+    T x = ((g[i] + T(1)) * M - K) * T(0.5);
+    if constexpr (kPad == Padding::Border) {
+      x = x > T(0) ? x : T(0);
+      x = x < hi ? x : hi;
+    }
+    const bool ok = (x >= -big) & (x <= big);
+    x = ok ? x : T(-100);
+    const int32_t t = static_cast<int32_t>(x);
+    const int32_t f = t - static_cast<int32_t>(static_cast<T>(t) > x);
+    cell[i] = f;
+    frac[i] = x - static_cast<T>(f);
+  }
+}
+
+// Bilinear with zeros / border padding, one output row at a time in passes:
+// coordinates, then their pixel-space floor and fractions in a branch-free loop
+// the compiler vectorises, then the gathers. Same expressions as
+// source_coordinate / Bilinear / sample_point in sampling.h, so the results are
+// bit-identical to the generic path.
+template <typename scalar_t, typename Source, Padding kPad>
+void bilinear_rows_impl(const at::Tensor& input, at::Tensor& output, const Source& src, bool align_corners) {
+  using T = at::opmath_type<scalar_t>;
+  const int64_t C = input.size(1), H = input.size(2), W = input.size(3);
+  const int64_t N = output.size(0), OH = output.size(2), OW = output.size(3);
+  const Strides4 s = strides_of(input), os = strides_of(output);
+  const scalar_t* in = input.const_data_ptr<scalar_t>();
+  scalar_t* out = output.mutable_data_ptr<scalar_t>();
+  const T Mx = static_cast<T>(align_corners ? W - 1 : W), My = static_cast<T>(align_corners ? H - 1 : H);
+  const T Kc = align_corners ? T(0) : T(1);
+  const T hx = static_cast<T>(W - 1), hy = static_cast<T>(H - 1);
+  at::parallel_for(0, N * OH, std::max<int64_t>(1, 2048 / std::max<int64_t>(OW, 1)), [&](int64_t begin, int64_t end) {
+    std::vector<T> gx(OW), gy(OW), fx(OW), fy(OW);
+    std::vector<int32_t> x0(OW), y0(OW);
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t n = row / OH, h = row % OH;
+      for (int64_t w = 0; w < OW; ++w) src(n, h, w, gx[w], gy[w]);
+      pixel_floor_row<T, kPad>(gx.data(), fx.data(), x0.data(), OW, Mx, Kc, hx);
+      pixel_floor_row<T, kPad>(gy.data(), fy.data(), y0.data(), OW, My, Kc, hy);
+      const scalar_t* in_n = in + n * s.n;
+      scalar_t* out_row = out + n * os.n + h * os.y;
+      for (int64_t w = 0; w < OW; ++w) {
+        const int64_t xa = x0[w], ya = y0[w], xb = xa + 1, yb = ya + 1;
+        const T ax = fx[w], ay = fy[w];
+        const bool m00 = inside(xa, ya, W, H), m01 = inside(xb, ya, W, H), m10 = inside(xa, yb, W, H),
+                   m11 = inside(xb, yb, W, H);
+        const T w00 = (T(1) - ax) * (T(1) - ay), w01 = ax * (T(1) - ay), w10 = (T(1) - ax) * ay, w11 = ax * ay;
+        const int64_t o00 = ya * s.y + xa * s.x;
+        scalar_t* o = out_row + w * os.x;
+        for (int64_t c = 0; c < C; ++c) {
+          const scalar_t* p = in_n + o00 + c * s.c;
+          T v = T(0);
+          if (m00) v += w00 * static_cast<T>(p[0]);
+          if (m01) v += w01 * static_cast<T>(p[s.x]);
+          if (m10) v += w10 * static_cast<T>(p[s.y]);
+          if (m11) v += w11 * static_cast<T>(p[s.y + s.x]);
+          o[c * os.c] = static_cast<scalar_t>(v);
+        }
+      }
+    }
+  });
+}
+
+template <template <typename, typename> class MakeSource, typename... Args>
+at::Tensor sample_forward(const at::Tensor& input, int64_t OH, int64_t OW, int64_t interpolation_mode,
+                          int64_t padding_mode, bool align_corners, const char* name,
+                          const std::vector<at::Tensor>& params, Args... args) {
+  const bool cl = use_channels_last(input);
+  const auto fmt = memory_format_for(cl);
+  auto output = at::empty({input.size(0), input.size(1), OH, OW}, input.options(), fmt);
+  if (output.numel() == 0) return output;
+  if (input.size(2) == 0 || input.size(3) == 0) return output.zero_();
+  const auto in = input.contiguous(fmt);
+  std::vector<at::Tensor> p;
+  for (const auto& t : params) p.push_back(t.contiguous());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "sampling_forward", [&] {
+    using T = at::opmath_type<scalar_t>;
+    const auto src = MakeSource<T, scalar_t>::make(p, OH, OW, align_corners, args...);
+    const auto interp = static_cast<Interp>(interpolation_mode);
+    const auto padding = static_cast<Padding>(padding_mode);
+    // int32 pixel indices in the fast path: maps up to 2^30 pixels a side
+    const bool small = in.size(2) < (int64_t(1) << 30) && in.size(3) < (int64_t(1) << 30);
+    if (interp == Interp::Bilinear && padding == Padding::Zeros && small) {
+      bilinear_rows_impl<scalar_t, decltype(src), Padding::Zeros>(in, output, src, align_corners);
+    } else if (interp == Interp::Bilinear && padding == Padding::Border && small) {
+      bilinear_rows_impl<scalar_t, decltype(src), Padding::Border>(in, output, src, align_corners);
+    } else {
+      sample_forward_impl<scalar_t>(in, output, src, interp, padding, align_corners);
+    }
+  });
+  return output;
+}
+
+template <typename T, typename scalar_t>
+struct MakeGrid {
+  static GridSource<T, scalar_t> make(const std::vector<at::Tensor>& p, int64_t OH, int64_t OW, bool) {
+    return {p[0].const_data_ptr<scalar_t>(), OH, OW};
+  }
+};
+template <typename T, typename scalar_t>
+struct MakeAffine {
+  static AffineSource<T, scalar_t> make(const std::vector<at::Tensor>& p, int64_t OH, int64_t OW, bool align) {
+    return {p[0].const_data_ptr<scalar_t>(), OH, OW, align};
+  }
+};
+template <typename T, typename scalar_t>
+struct MakeTPS {
+  static TPSSource<T, scalar_t> make(const std::vector<at::Tensor>& p, int64_t OH, int64_t OW, bool align) {
+    return {p[0].const_data_ptr<scalar_t>(), p[1].const_data_ptr<scalar_t>(), p[2].const_data_ptr<scalar_t>(),
+            p[0].size(1), OH, OW, align};
+  }
+};
+
+at::Tensor grid_sample_cpu(const at::Tensor& input, const at::Tensor& grid, int64_t interpolation_mode,
+                           int64_t padding_mode, bool align_corners) {
+  check_sampling_input("grid_sample", input, interpolation_mode, padding_mode);
+  check_sampling_grid("grid_sample", input, grid);
+  return sample_forward<MakeGrid>(input, grid.size(1), grid.size(2), interpolation_mode, padding_mode, align_corners,
+                                  "grid_sample_cpu", {grid});
+}
+
+at::Tensor affine_grid_sample_cpu(const at::Tensor& input, const at::Tensor& theta, int64_t height, int64_t width,
+                                  int64_t interpolation_mode, int64_t padding_mode, bool align_corners) {
+  check_sampling_input("affine_grid_sample", input, interpolation_mode, padding_mode);
+  check_sampling_theta("affine_grid_sample", input, theta);
+  check_output_size("affine_grid_sample", height, width);
+  return sample_forward<MakeAffine>(input, height, width, interpolation_mode, padding_mode, align_corners,
+                                    "affine_grid_sample_cpu", {theta});
+}
+
+at::Tensor tps_grid_sample_cpu(const at::Tensor& input, const at::Tensor& kernel_weights,
+                               const at::Tensor& affine_weights, const at::Tensor& target_points, int64_t height,
+                               int64_t width, int64_t interpolation_mode, int64_t padding_mode, bool align_corners) {
+  check_sampling_input("tps_grid_sample", input, interpolation_mode, padding_mode);
+  check_tps_params("tps_grid_sample", input, kernel_weights, affine_weights, target_points);
+  TORCH_CHECK(kernel_weights.size(0) == input.size(0), "tps_grid_sample: kernel_weights and input must have the same ",
+              "batch size, got ", kernel_weights.size(0), " and ", input.size(0));
+  check_output_size("tps_grid_sample", height, width);
+  return sample_forward<MakeTPS>(input, height, width, interpolation_mode, padding_mode, align_corners,
+                                 "tps_grid_sample_cpu", {kernel_weights, affine_weights, target_points});
+}
+
+// ---------------------------------------------------------------- grid_sample backward
+
+template <typename scalar_t>
+void grid_grad_impl(const at::Tensor& grad, const at::Tensor& input, const at::Tensor& grid, at::Tensor& grad_grid,
+                    Interp interp_, Padding padding_, bool align_corners) {
+  with_modes(interp_, padding_, [&](auto ki, auto kp) {
+  constexpr Interp interp = decltype(ki)::value;
+  constexpr Padding padding = decltype(kp)::value;
+  using T = at::opmath_type<scalar_t>;
+  const int64_t C = input.size(1), H = input.size(2), W = input.size(3);
+  const int64_t N = grid.size(0), OH = grid.size(1), OW = grid.size(2);
+  const Strides4 s = strides_of(input), gs = strides_of(grad);
+  const scalar_t* in = input.const_data_ptr<scalar_t>();
+  const scalar_t* g = grad.const_data_ptr<scalar_t>();
+  const scalar_t* gr = grid.const_data_ptr<scalar_t>();
+  scalar_t* out = grad_grid.mutable_data_ptr<scalar_t>();
+  at::parallel_for(0, N * OH, std::max<int64_t>(1, 1024 / std::max<int64_t>(OW, 1)), [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t n = row / OH, h = row % OH;
+      for (int64_t w = 0; w < OW; ++w) {
+        const int64_t i = row * OW + w;
+        T ox, oy;
+        point_grid_grad<T, scalar_t>(in + n * s.n, s, C, H, W, static_cast<T>(gr[2 * i]),
+                                     static_cast<T>(gr[2 * i + 1]), interp, padding, align_corners,
+                                     g + n * gs.n + h * gs.y + w * gs.x, gs.c, ox, oy);
+        out[2 * i] = static_cast<scalar_t>(ox);
+        out[2 * i + 1] = static_cast<scalar_t>(oy);
+      }
+    }
+  });
+  });
+}
+
+// grad_acc: opmath dtype, [N, C, H, W] in the input's layout. A task owns the
+// planes of one image and a block of channels and visits the output points in
+// order: deterministic, and the taps of a point are computed once per block.
+template <typename scalar_t>
+void input_grad_impl(const at::Tensor& grad, const at::Tensor& grid, at::Tensor& grad_acc, Interp interp_,
+                     Padding padding_, bool align_corners) {
+  with_modes(interp_, padding_, [&](auto ki, auto kp) {
+  constexpr Interp interp = decltype(ki)::value;
+  constexpr Padding padding = decltype(kp)::value;
+  using T = at::opmath_type<scalar_t>;
+  const int64_t C = grad_acc.size(1), H = grad_acc.size(2), W = grad_acc.size(3);
+  const int64_t N = grid.size(0), OH = grid.size(1), OW = grid.size(2);
+  const Strides4 s = strides_of(grad_acc), gs = strides_of(grad);
+  const scalar_t* g = grad.const_data_ptr<scalar_t>();
+  const scalar_t* gr = grid.const_data_ptr<scalar_t>();
+  T* acc = grad_acc.mutable_data_ptr<T>();
+  // enough tasks to keep every thread busy when the batch is small (one RGB image)
+  const int64_t want_tasks = 4 * at::get_num_threads();
+  const int64_t block = std::clamp<int64_t>((N * C) / std::max<int64_t>(want_tasks, 1), 1, 16);
+  const int64_t blocks = (C + block - 1) / block;
+  at::parallel_for(0, N * blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n = task / blocks, c0 = (task % blocks) * block, c1 = std::min(C, c0 + block);
+      T* acc_n = acc + n * s.n;
+      const scalar_t* g_n = g + n * gs.n;
+      const scalar_t* grid_n = gr + n * OH * OW * 2;
+      for (int64_t h = 0; h < OH; ++h) {
+        for (int64_t w = 0; w < OW; ++w) {
+          const int64_t p = h * OW + w;
+          int64_t offset[4];
+          T weight[4];
+          const int taps = point_taps<T>(H, W, s.y, s.x, static_cast<T>(grid_n[2 * p]),
+                                         static_cast<T>(grid_n[2 * p + 1]), interp, padding, align_corners, offset,
+                                         weight);
+          if (taps == 0) continue;
+          const scalar_t* gp = g_n + h * gs.y + w * gs.x;
+          for (int64_t c = c0; c < c1; ++c) {
+            const T go = static_cast<T>(gp[c * gs.c]);
+            T* plane = acc_n + c * s.c;
+            for (int t = 0; t < taps; ++t) plane[offset[t]] += weight[t] * go;
+          }
+        }
+      }
+    }
+  });
+  });
+}
+
+// Both gradients in one pass (the usual case in training): the taps of a point
+// are computed once for the input scatter and the grid gradient. Tasks and
+// their order are those of input_grad_impl; with several channel blocks per
+// image, each block writes its share of the grid gradient to `partial` and the
+// shares are added in block order: deterministic.
+template <typename scalar_t>
+void both_grads_impl(const at::Tensor& grad, const at::Tensor& input, const at::Tensor& grid, at::Tensor& grad_acc,
+                     at::Tensor& grad_grid, Interp interp_, Padding padding_, bool align_corners) {
+  with_modes(interp_, padding_, [&](auto ki, auto kp) {
+  constexpr Interp interp = decltype(ki)::value;
+  constexpr Padding padding = decltype(kp)::value;
+  using T = at::opmath_type<scalar_t>;
+  const int64_t C = input.size(1), H = input.size(2), W = input.size(3);
+  const int64_t N = grid.size(0), OH = grid.size(1), OW = grid.size(2), P = OH * OW;
+  const Strides4 s = strides_of(input), gs = strides_of(grad);
+  TORCH_INTERNAL_ASSERT(grad_acc.strides() == input.strides());
+  const scalar_t* in = input.const_data_ptr<scalar_t>();
+  const scalar_t* g = grad.const_data_ptr<scalar_t>();
+  const scalar_t* gr = grid.const_data_ptr<scalar_t>();
+  T* acc = grad_acc.mutable_data_ptr<T>();
+  scalar_t* gg = grad_grid.mutable_data_ptr<scalar_t>();
+  const int64_t want_tasks = 4 * at::get_num_threads();
+  const int64_t block = std::clamp<int64_t>((N * C) / std::max<int64_t>(want_tasks, 1), 1, 16);
+  const int64_t blocks = (C + block - 1) / block;
+  std::vector<T> partial(blocks > 1 ? blocks * N * P * 2 : 0);
+  at::parallel_for(0, N * blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n = task / blocks, blk = task % blocks, c0 = blk * block, c1 = std::min(C, c0 + block);
+      const scalar_t* in_n = in + n * s.n;
+      T* acc_n = acc + n * s.n;
+      const scalar_t* g_n = g + n * gs.n;
+      const scalar_t* grid_n = gr + n * P * 2;
+      for (int64_t h = 0; h < OH; ++h) {
+        for (int64_t w = 0; w < OW; ++w) {
+          const int64_t p = h * OW + w;
+          const scalar_t* gp = g_n + h * gs.y + w * gs.x;
+          T dx, dy;
+          const T x = source_coordinate(static_cast<T>(grid_n[2 * p]), W, padding, align_corners, dx);
+          const T y = source_coordinate(static_cast<T>(grid_n[2 * p + 1]), H, padding, align_corners, dy);
+          T ax = T(0), ay = T(0);
+          if constexpr (interp == Interp::Nearest) {
+            const int64_t xi = static_cast<int64_t>(s_rint(x)), yi = static_cast<int64_t>(s_rint(y));
+            if (inside(xi, yi, W, H)) {
+              T* a = acc_n + yi * s.y + xi * s.x;
+              for (int64_t c = c0; c < c1; ++c) a[c * s.c] += T(1) * static_cast<T>(gp[c * gs.c]);
+            }
+          } else {
+            const Bilinear<T> b(x, y);
+            const int64_t x1 = b.x0 + 1, y1 = b.y0 + 1;
+            const bool m00 = inside(b.x0, b.y0, W, H), m01 = inside(x1, b.y0, W, H), m10 = inside(b.x0, y1, W, H),
+                       m11 = inside(x1, y1, W, H);
+            const T w00 = (T(1) - b.fx) * (T(1) - b.fy), w01 = b.fx * (T(1) - b.fy), w10 = (T(1) - b.fx) * b.fy,
+                    w11 = b.fx * b.fy;
+            const int64_t o00 = b.y0 * s.y + b.x0 * s.x;
+            for (int64_t c = c0; c < c1; ++c) {
+              const scalar_t* pi = in_n + o00 + c * s.c;
+              T* pa = acc_n + o00 + c * s.c;
+              const T go = static_cast<T>(gp[c * gs.c]);
+              const T v00 = m00 ? static_cast<T>(pi[0]) : T(0), v01 = m01 ? static_cast<T>(pi[s.x]) : T(0),
+                      v10 = m10 ? static_cast<T>(pi[s.y]) : T(0), v11 = m11 ? static_cast<T>(pi[s.y + s.x]) : T(0);
+              ax += go * ((v01 - v00) * (T(1) - b.fy) + (v11 - v10) * b.fy);
+              ay += go * ((v10 - v00) * (T(1) - b.fx) + (v11 - v01) * b.fx);
+              if (m00) pa[0] += w00 * go;
+              if (m01) pa[s.x] += w01 * go;
+              if (m10) pa[s.y] += w10 * go;
+              if (m11) pa[s.y + s.x] += w11 * go;
+            }
+          }
+          if (blocks == 1) {
+            gg[(n * P + p) * 2] = static_cast<scalar_t>(ax * dx);
+            gg[(n * P + p) * 2 + 1] = static_cast<scalar_t>(ay * dy);
+          } else {
+            T* q = partial.data() + ((blk * N + n) * P + p) * 2;
+            q[0] = ax;
+            q[1] = ay;
+          }
+        }
+      }
+    }
+  });
+  if (blocks > 1) {
+    at::parallel_for(0, N * P, 1024, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        T sx = T(0), sy = T(0);
+        for (int64_t blk = 0; blk < blocks; ++blk) {
+          sx += partial[(blk * N * P + i) * 2];
+          sy += partial[(blk * N * P + i) * 2 + 1];
+        }
+        T dx, dy;
+        source_coordinate(static_cast<T>(gr[2 * i]), W, padding, align_corners, dx);
+        source_coordinate(static_cast<T>(gr[2 * i + 1]), H, padding, align_corners, dy);
+        gg[2 * i] = static_cast<scalar_t>(sx * dx);
+        gg[2 * i + 1] = static_cast<scalar_t>(sy * dy);
+      }
+    });
+  }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> grid_sample_backward_cpu(const at::Tensor& grad, const at::Tensor& input,
+                                                            const at::Tensor& grid, int64_t interpolation_mode,
+                                                            int64_t padding_mode, bool align_corners,
+                                                            std::array<bool, 2> output_mask) {
+  const char* op = "_grid_sample_backward";
+  check_sampling_input(op, input, interpolation_mode, padding_mode);
+  check_sampling_grid(op, input, grid);
+  TORCH_CHECK(grad.dim() == 4 && grad.size(0) == input.size(0) && grad.size(1) == input.size(1) &&
+                  grad.size(2) == grid.size(1) && grad.size(3) == grid.size(2),
+              op, ": grad must have shape [", input.size(0), ", ", input.size(1), ", ", grid.size(1), ", ",
+              grid.size(2), "], got ", grad.sizes());
+  const auto interp = static_cast<Interp>(interpolation_mode);
+  const auto padding = static_cast<Padding>(padding_mode);
+  const bool cl = use_channels_last(input);
+  const auto fmt = memory_format_for(cl);
+  const auto in = input.contiguous(fmt);
+  const auto g = grad.contiguous(fmt);
+  const auto gr = grid.contiguous();
+  at::Tensor grad_input = at::empty({0}, input.options());
+  at::Tensor grad_grid = at::empty({0}, grid.options());
+  if (output_mask[0] && output_mask[1]) {
+    const auto acc_type = at::toOpMathType(input.scalar_type());
+    auto acc = at::empty(input.sizes(), input.options().dtype(acc_type), fmt).zero_();
+    grad_grid = at::zeros(grid.sizes(), grid.options());
+    if (acc.numel() != 0 && g.numel() != 0) {
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "grid_sample_backward_cpu", [&] {
+        both_grads_impl<scalar_t>(g, in, gr, acc, grad_grid, interp, padding, align_corners);
+      });
+    }
+    grad_input = acc.scalar_type() == input.scalar_type() ? acc : acc.to(input.scalar_type());
+    return {grad_input, grad_grid};
+  }
+  if (output_mask[0]) {
+    const auto acc_type = at::toOpMathType(input.scalar_type());
+    auto acc = at::empty(input.sizes(), input.options().dtype(acc_type), fmt).zero_();
+    if (acc.numel() != 0 && g.numel() != 0) {
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "grid_sample_backward_cpu", [&] {
+        input_grad_impl<scalar_t>(g, gr, acc, interp, padding, align_corners);
+      });
+    }
+    grad_input = acc.scalar_type() == input.scalar_type() ? acc : acc.to(input.scalar_type());
+  }
+  if (output_mask[1]) {
+    grad_grid = at::zeros(grid.sizes(), grid.options());
+    if (grad_grid.numel() != 0 && in.numel() != 0) {
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "grid_sample_backward_cpu", [&] {
+        grid_grad_impl<scalar_t>(g, in, gr, grad_grid, interp, padding, align_corners);
+      });
+    }
+  }
+  return {grad_input, grad_grid};
+}
+
+// ---------------------------------------------------------------- TPS grid and its gradients
+
+at::Tensor tps_grid_cpu(const at::Tensor& kernel_weights, const at::Tensor& affine_weights,
+                        const at::Tensor& target_points, int64_t height, int64_t width, bool align_corners) {
+  check_tps_params("tps_grid", kernel_weights, kernel_weights, affine_weights, target_points);
+  TORCH_CHECK(at::isFloatingType(kernel_weights.scalar_type()), "tps_grid: kernel_weights must be floating-point");
+  check_output_size("tps_grid", height, width);
+  const int64_t B = kernel_weights.size(0);
+  auto grid = at::empty({B, height, width, 2}, kernel_weights.options());
+  if (grid.numel() == 0) return grid;
+  const auto kw = kernel_weights.contiguous(), aw = affine_weights.contiguous(), tp = target_points.contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, kw.scalar_type(), "tps_grid_cpu", [&] {
+    using T = at::opmath_type<scalar_t>;
+    const TPSSource<T, scalar_t> src{kw.const_data_ptr<scalar_t>(), aw.const_data_ptr<scalar_t>(),
+                                     tp.const_data_ptr<scalar_t>(), kw.size(1), height, width, align_corners};
+    scalar_t* out = grid.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, B * height * width, 256, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        T x, y;
+        src(i / (height * width), (i / width) % height, i % width, x, y);
+        out[2 * i] = static_cast<scalar_t>(x);
+        out[2 * i + 1] = static_cast<scalar_t>(y);
+      }
+    });
+  });
+  return grid;
+}
+
+// d loss / d kernel_weights and d loss / d target_points from d loss / d grid.
+// One task per (image, control point) sums over the output points in order,
+// in double: a 2048 x 2048 grid adds 4M terms.
+std::tuple<at::Tensor, at::Tensor> tps_grid_backward_cpu(const at::Tensor& grad_grid,
+                                                         const at::Tensor& kernel_weights,
+                                                         const at::Tensor& target_points, bool align_corners) {
+  const char* op = "_tps_grid_backward";
+  TORCH_CHECK(grad_grid.dim() == 4 && grad_grid.size(3) == 2 && grad_grid.size(0) == kernel_weights.size(0), op,
+              ": grad_grid must be a tensor [B, H, W, 2], got ", grad_grid.sizes());
+  TORCH_CHECK(kernel_weights.dim() == 3 && kernel_weights.size(2) == 2 && target_points.sizes() == kernel_weights.sizes(),
+              op, ": kernel_weights and target_points must be tensors [B, K, 2] of the same shape");
+  TORCH_CHECK(grad_grid.scalar_type() == kernel_weights.scalar_type(), op,
+              ": grad_grid must have the dtype of kernel_weights");
+  const int64_t B = kernel_weights.size(0), K = kernel_weights.size(1);
+  const int64_t OH = grad_grid.size(1), OW = grad_grid.size(2);
+  auto grad_kw = at::zeros({B, K, 2}, kernel_weights.options().dtype(at::kDouble));
+  auto grad_tp = at::zeros({B, K, 2}, kernel_weights.options().dtype(at::kDouble));
+  if (B * K != 0 && OH * OW != 0) {
+    const auto g = grad_grid.contiguous(), kw = kernel_weights.contiguous(), tp = target_points.contiguous();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, kw.scalar_type(), "tps_grid_backward_cpu", [&] {
+      const scalar_t* gp = g.const_data_ptr<scalar_t>();
+      const scalar_t* kwp = kw.const_data_ptr<scalar_t>();
+      const scalar_t* tpp = tp.const_data_ptr<scalar_t>();
+      double* gk = grad_kw.mutable_data_ptr<double>();
+      double* gt = grad_tp.mutable_data_ptr<double>();
+      at::parallel_for(0, B * K, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t bk = begin; bk < end; ++bk) {
+          const int64_t b = bk / K;
+          const double cx = static_cast<double>(tpp[2 * bk]), cy = static_cast<double>(tpp[2 * bk + 1]);
+          const double wx = static_cast<double>(kwp[2 * bk]), wy = static_cast<double>(kwp[2 * bk + 1]);
+          double skx = 0, sky = 0, stx = 0, sty = 0;
+          const scalar_t* gb = gp + b * OH * OW * 2;
+          for (int64_t h = 0; h < OH; ++h) {
+            const double yt = base_coordinate<double>(h, OH, align_corners);
+            for (int64_t w = 0; w < OW; ++w) {
+              const double xt = base_coordinate<double>(w, OW, align_corners);
+              const double dx = xt - cx, dy = yt - cy, s = dx * dx + dy * dy;
+              const double gx = static_cast<double>(gb[2 * (h * OW + w)]),
+                           gy = static_cast<double>(gb[2 * (h * OW + w) + 1]);
+              skx += gx * tps_radial(s);
+              sky += gy * tps_radial(s);
+              // d U / d c = dU/ds * 2 (c - p)
+              const double f = (gx * wx + gy * wy) * tps_radial_ds(s) * 2.0;
+              stx -= f * dx;
+              sty -= f * dy;
+            }
+          }
+          gk[2 * bk] = skx;
+          gk[2 * bk + 1] = sky;
+          gt[2 * bk] = stx;
+          gt[2 * bk + 1] = sty;
+        }
+      });
+    });
+  }
+  return {grad_kw.to(kernel_weights.scalar_type()), grad_tp.to(kernel_weights.scalar_type())};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(visionops, CPU, m) {
+  m.impl("grid_sample", &grid_sample_cpu);
+  m.impl("_grid_sample_backward", &grid_sample_backward_cpu);
+  m.impl("affine_grid_sample", &affine_grid_sample_cpu);
+  m.impl("tps_grid", &tps_grid_cpu);
+  m.impl("_tps_grid_backward", &tps_grid_backward_cpu);
+  m.impl("tps_grid_sample", &tps_grid_sample_cpu);
+}
+
+}  // namespace visionops

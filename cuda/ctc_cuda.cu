@@ -1,0 +1,349 @@
+// CTC loss on CUDA, forward and backward; the recursions are those of
+// ctc.h, shared with the CPU kernels.
+//
+// Forward: one block per sample; threads cover the extended-label positions
+// and step through time together (one __syncthreads per step), writing
+// log_alpha [N, T, 2S + 1] in place (the previous row is read back from it).
+// Backward: (1) per-sample nll from the last alpha row, (2) an elementwise
+// kernel writing the dense part g * exp(log_probs) of every gradient row,
+// (3) one block per sample running the beta recursion with two rows of
+// scratch, folding alpha_t + beta_t into the occupancy of each distinct label
+// (blank by a block reduction, repeated labels along a precomputed chain) and
+// overwriting those few entries of row t. No atomics: deterministic.
+//
+// Values cannot be checked without a host sync: a sample whose lengths or
+// labels are out of range gets a NaN loss and NaN gradient rows.
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <limits>
+
+#include "visionops/ctc.h"
+#include "visionops/ctc_ops.h"
+
+namespace visionops {
+namespace {
+
+using ctc::neg_inf;
+
+constexpr int kThreads = 256;
+
+int64_t blocks_for(int64_t n) { return std::min<int64_t>((n + kThreads - 1) / kThreads, int64_t(1) << 20); }
+
+// threads per sample block: a multiple of the warp size covering 2S + 1 positions
+int threads_for_positions(int64_t positions) {
+  const int64_t rounded = (positions + 31) / 32 * 32;
+  return static_cast<int>(std::max<int64_t>(32, std::min<int64_t>(rounded, 512)));
+}
+
+struct TargetLayout {
+  const int64_t* targets;
+  const int64_t* offsets;
+  const int64_t* input_lengths;
+  const int64_t* target_lengths;
+  int64_t numel;  // of targets
+  int64_t max_time, max_target_length, num_classes, blank;
+};
+
+// Lengths in range, labels in [0, C) and != blank (the checks the CPU raises).
+__device__ bool sample_valid(const TargetLayout& lay, int64_t b, int64_t& Tb, int64_t& L, const int64_t*& target) {
+  Tb = lay.input_lengths[b];
+  L = lay.target_lengths[b];
+  const int64_t start = lay.offsets[b];
+  if (Tb < 0 || Tb > lay.max_time || L < 0 || L > lay.max_target_length || start < 0 || start + L > lay.numel) {
+    return false;
+  }
+  target = lay.targets + start;
+  for (int64_t k = 0; k < L; ++k) {
+    const int64_t label = target[k];
+    if (label < 0 || label >= lay.num_classes || label == lay.blank) return false;
+  }
+  return true;
+}
+
+template <typename T, typename Op>
+__device__ T block_reduce(T v, Op op, T identity) {
+  __shared__ T partial[32];
+  for (int offset = 16; offset > 0; offset /= 2) v = op(v, __shfl_down_sync(0xffffffffu, v, offset));
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  if (lane == 0) partial[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    v = lane < static_cast<int>(blockDim.x / 32) ? partial[lane] : identity;
+    for (int offset = 16; offset > 0; offset /= 2) v = op(v, __shfl_down_sync(0xffffffffu, v, offset));
+    if (lane == 0) partial[0] = v;
+  }
+  __syncthreads();
+  const T result = partial[0];
+  __syncthreads();  // partial is reused by the next call
+  return result;
+}
+
+// ---------------------------------------------------------------- forward
+
+template <typename scalar_t, typename acc_t>
+__global__ void ctc_alpha_kernel(const scalar_t* __restrict__ log_probs, TargetLayout lay, acc_t* log_alpha,
+                                 scalar_t* nll, int64_t N, int64_t Sp, bool zero_infinity) {
+  const int64_t b = blockIdx.x;
+  const int64_t T = lay.max_time, C = lay.num_classes, blank = lay.blank;
+  int64_t Tb, L;
+  const int64_t* target = nullptr;
+  // every thread evaluates the same condition: the early returns are uniform
+  if (!sample_valid(lay, b, Tb, L, target)) {
+    if (threadIdx.x == 0) nll[b] = static_cast<scalar_t>(std::numeric_limits<acc_t>::quiet_NaN());
+    return;
+  }
+  constexpr acc_t inf = std::numeric_limits<acc_t>::infinity();
+  if (Tb == 0) {
+    if (threadIdx.x == 0) nll[b] = static_cast<scalar_t>(L == 0 || zero_infinity ? acc_t(0) : inf);
+    return;
+  }
+  const int64_t s_len = 2 * L + 1;
+  acc_t* la = log_alpha + b * T * Sp;
+  if (threadIdx.x == 0) {
+    la[0] = acc_t(log_probs[b * C + blank]);
+    if (L > 0) la[1] = acc_t(log_probs[b * C + target[0]]);
+  }
+  __syncthreads();
+  for (int64_t t = 1; t < Tb; ++t) {
+    const scalar_t* lpt = log_probs + (t * N + b) * C;
+    acc_t* cur = la + t * Sp;
+    const acc_t* prev = cur - Sp;
+    // positions outside the window are on no complete path and stay -inf (ctc.h)
+    const int64_t s_begin = ctc::window_begin(s_len, Tb, t), s_end = ctc::window_end(s_len, t);
+    for (int64_t s = s_begin + threadIdx.x; s < s_end; s += blockDim.x) {
+      cur[s] = ctc::alpha_cell(prev, target, s, acc_t(lpt[ctc::extended_label(target, s, blank)]));
+    }
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) {
+    acc_t result = ctc::nll_from_last_row(la + (Tb - 1) * Sp, L);
+    if (zero_infinity && result == inf) result = acc_t(0);
+    nll[b] = static_cast<scalar_t>(result);
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> ctc_loss_forward_cuda(const at::Tensor& log_probs_, const at::Tensor& targets_,
+                                                         const at::Tensor& input_lengths_,
+                                                         const at::Tensor& target_lengths_, int64_t max_target_length,
+                                                         int64_t blank, bool zero_infinity) {
+  check_ctc_args("ctc_loss", log_probs_, targets_, input_lengths_, target_lengths_, max_target_length, blank);
+  c10::cuda::CUDAGuard guard(log_probs_.device());
+  const auto log_probs = log_probs_.contiguous();
+  const int64_t T = log_probs.size(0), N = log_probs.size(1), C = log_probs.size(2);
+  const auto targets = targets_.to(at::kLong).contiguous();
+  const auto il = input_lengths_.to(at::kLong).contiguous();
+  const auto tl = target_lengths_.to(at::kLong).contiguous();
+  const auto offsets = ctc_target_offsets(targets, tl).contiguous();
+  const int64_t Sp = 2 * max_target_length + 1;
+  const auto acc = log_probs.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  auto log_alpha = at::full({N, T, Sp}, -std::numeric_limits<double>::infinity(), log_probs.options().dtype(acc));
+  auto nll = at::empty({N}, log_probs.options());
+  if (N == 0) return {nll, log_alpha};
+  TargetLayout lay{targets.const_data_ptr<int64_t>(), offsets.const_data_ptr<int64_t>(), il.const_data_ptr<int64_t>(),
+                   tl.const_data_ptr<int64_t>(), targets.numel(), T, max_target_length, C, blank};
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, log_probs.scalar_type(), "ctc_loss_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    ctc_alpha_kernel<scalar_t, acc_t><<<N, threads_for_positions(Sp), 0, stream>>>(
+        log_probs.const_data_ptr<scalar_t>(), lay, log_alpha.data_ptr<acc_t>(), nll.data_ptr<scalar_t>(), N, Sp,
+        zero_infinity);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {nll, log_alpha};
+}
+
+// ---------------------------------------------------------------- backward
+
+// nll per sample from the last alpha row: NaN for an invalid sample, +inf for
+// an impossible alignment (whatever zero_infinity: the gradient needs to know).
+template <typename acc_t>
+__global__ void ctc_nll_kernel(TargetLayout lay, const acc_t* log_alpha, acc_t* nll, int64_t N, int64_t Sp) {
+  for (int64_t b = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; b < N;
+       b += static_cast<int64_t>(blockDim.x) * gridDim.x) {
+    int64_t Tb, L;
+    const int64_t* target;
+    if (!sample_valid(lay, b, Tb, L, target)) {
+      nll[b] = std::numeric_limits<acc_t>::quiet_NaN();
+    } else if (Tb == 0) {
+      nll[b] = L == 0 ? acc_t(0) : std::numeric_limits<acc_t>::infinity();
+    } else {
+      nll[b] = ctc::nll_from_last_row(log_alpha + (b * lay.max_time + Tb - 1) * Sp, L);
+    }
+  }
+}
+
+// g * exp(lp) for t < Tb; 0 past the input and for zeroed infinities; NaN for an
+// infinite loss (torch: -inf + inf) and for invalid samples.
+template <typename scalar_t, typename acc_t>
+__global__ void ctc_dense_grad_kernel(const scalar_t* __restrict__ log_probs, const scalar_t* __restrict__ grad,
+                                      const acc_t* __restrict__ nll, const int64_t* __restrict__ input_lengths,
+                                      scalar_t* out, int64_t total, int64_t N, int64_t C, bool zero_infinity) {
+  constexpr acc_t inf = std::numeric_limits<acc_t>::infinity();
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<int64_t>(blockDim.x) * gridDim.x) {
+    const int64_t row = i / C;
+    const int64_t t = row / N, b = row % N;
+    const acc_t n = nll[b];
+    acc_t v;
+    if (n != n) {
+      v = n;
+    } else if (t >= input_lengths[b] || (n == inf && zero_infinity)) {
+      v = acc_t(0);
+    } else if (n == inf) {
+      v = std::numeric_limits<acc_t>::quiet_NaN();
+    } else {
+      v = ctc::exp_(acc_t(log_probs[i])) * acc_t(grad[b]);
+    }
+    out[i] = static_cast<scalar_t>(v);
+  }
+}
+
+struct MaxOp {
+  template <typename T>
+  __device__ T operator()(T a, T b) const { return a > b ? a : b; }
+};
+struct SumOp {
+  template <typename T>
+  __device__ T operator()(T a, T b) const { return a + b; }
+};
+
+template <typename scalar_t, typename acc_t>
+__global__ void ctc_occupancy_grad_kernel(const scalar_t* __restrict__ log_probs, const scalar_t* __restrict__ grad,
+                                          TargetLayout lay, const acc_t* __restrict__ log_alpha,
+                                          const acc_t* __restrict__ nll_all, acc_t* scratch, int* links,
+                                          scalar_t* out, int64_t N, int64_t Sp) {
+  const int64_t b = blockIdx.x;
+  const acc_t nll = nll_all[b];
+  // NaN and +inf rows were written in full by the dense kernel
+  if (!(nll < std::numeric_limits<acc_t>::infinity())) return;
+  int64_t Tb, L;
+  const int64_t* target = nullptr;
+  sample_valid(lay, b, Tb, L, target);  // true: nll is finite
+  if (Tb == 0) return;
+  const int64_t T = lay.max_time, C = lay.num_classes, blank = lay.blank;
+  const int64_t s_len = 2 * L + 1;
+  const acc_t g = acc_t(grad[b]);
+  acc_t* beta = scratch + b * 3 * Sp;  // two rows of beta, one of alpha + beta
+  acc_t* occ = beta + 2 * Sp;
+  int* next_same = links + b * 2 * Sp;  // next odd position with the same label, -1 at the end
+  int* is_first = next_same + Sp;       // 1 where no earlier position has the label
+  for (int64_t s = threadIdx.x; s < s_len; s += blockDim.x) {
+    int nxt = -1, first = 1;
+    if (s & 1) {
+      const int64_t k0 = s >> 1, label = target[k0];
+      for (int64_t k = k0 + 1; k < L; ++k) {
+        if (target[k] == label) {
+          nxt = static_cast<int>(2 * k + 1);
+          break;
+        }
+      }
+      for (int64_t k = 0; k < k0 && first; ++k) first = target[k] != label;
+    }
+    next_same[s] = nxt;
+    is_first[s] = first;
+  }
+  __syncthreads();
+  for (int64_t t = Tb - 1; t >= 0; --t) {
+    const scalar_t* lpt = log_probs + (t * N + b) * C;
+    acc_t* cur = beta + (t & 1) * Sp;
+    const acc_t* next = beta + ((t + 1) & 1) * Sp;
+    const acc_t* alpha = log_alpha + (b * T + t) * Sp;
+    acc_t blank_max = neg_inf<acc_t>();
+    for (int64_t s = threadIdx.x; s < s_len; s += blockDim.x) {
+      const acc_t lps = acc_t(lpt[ctc::extended_label(target, s, blank)]);
+      const acc_t bt = t == Tb - 1 ? (s >= s_len - 2 ? lps : neg_inf<acc_t>())
+                                   : ctc::beta_cell(next, target, s, s_len, lps);
+      cur[s] = bt;
+      occ[s] = alpha[s] + bt;
+      if (!(s & 1) && occ[s] > blank_max) blank_max = occ[s];
+    }
+    // blank: log-sum-exp over the even positions
+    blank_max = block_reduce(blank_max, MaxOp(), neg_inf<acc_t>());  // also publishes cur / occ
+    if (blank_max != neg_inf<acc_t>()) {
+      acc_t sum = 0;
+      for (int64_t s = threadIdx.x; s < s_len; s += blockDim.x) {
+        if (!(s & 1)) sum += ctc::exp_(occ[s] - blank_max);
+      }
+      sum = block_reduce(sum, SumOp(), acc_t(0));
+      if (threadIdx.x == 0) {
+        out[(t * N + b) * C + blank] = static_cast<scalar_t>(
+            ctc::grad_cell(acc_t(lpt[blank]), blank_max + ctc::log_(sum), nll, g));
+      }
+    }
+    // labels: the first position of each label walks the chain of its repeats
+    for (int64_t s = threadIdx.x; s < s_len; s += blockDim.x) {
+      if (!(s & 1) || !is_first[s]) continue;
+      acc_t o = occ[s];
+      for (int k = next_same[s]; k >= 0; k = next_same[k]) o = ctc::log_add_exp(o, occ[k]);
+      if (o != neg_inf<acc_t>()) {
+        const int64_t z = target[s >> 1];
+        out[(t * N + b) * C + z] = static_cast<scalar_t>(ctc::grad_cell(acc_t(lpt[z]), o, nll, g));
+      }
+    }
+    __syncthreads();  // before the next step overwrites occ and the other beta row
+  }
+}
+
+at::Tensor ctc_loss_backward_cuda(const at::Tensor& grad_, const at::Tensor& log_probs_, const at::Tensor& targets_,
+                                  const at::Tensor& input_lengths_, const at::Tensor& target_lengths_,
+                                  const at::Tensor& log_alpha_, int64_t blank, bool zero_infinity) {
+  const char* op = "_ctc_loss_backward";
+  TORCH_CHECK(log_probs_.dim() == 3, op, ": log_probs must be [T, N, C]");
+  TORCH_CHECK(log_alpha_.dim() == 3 && log_alpha_.size(0) == log_probs_.size(1) &&
+                  log_alpha_.size(1) == log_probs_.size(0) && log_alpha_.size(2) % 2 == 1,
+              op, ": log_alpha must have shape [N, T, 2S + 1], got ", log_alpha_.sizes());
+  TORCH_CHECK(grad_.dim() == 1 && grad_.size(0) == log_probs_.size(1), op, ": grad must have shape [N]");
+  const auto acc = log_probs_.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  TORCH_CHECK(log_alpha_.scalar_type() == acc, op, ": log_alpha must be ", acc);
+  TORCH_CHECK(grad_.device() == log_probs_.device() && log_alpha_.device() == log_probs_.device(), op,
+              ": grad, log_probs and log_alpha must be on one device");
+  const int64_t max_target_length = (log_alpha_.size(2) - 1) / 2;
+  check_ctc_args(op, log_probs_, targets_, input_lengths_, target_lengths_, max_target_length, blank);
+  c10::cuda::CUDAGuard guard(log_probs_.device());
+  const auto log_probs = log_probs_.contiguous();
+  const int64_t T = log_probs.size(0), N = log_probs.size(1), C = log_probs.size(2);
+  const auto targets = targets_.to(at::kLong).contiguous();
+  const auto il = input_lengths_.to(at::kLong).contiguous();
+  const auto tl = target_lengths_.to(at::kLong).contiguous();
+  const auto offsets = ctc_target_offsets(targets, tl).contiguous();
+  const auto log_alpha = log_alpha_.contiguous();
+  const auto grad = grad_.to(log_probs.scalar_type()).contiguous();
+  const int64_t Sp = log_alpha.size(2);
+  auto out = at::empty_like(log_probs);
+  if (out.numel() == 0) return out;
+  TargetLayout lay{targets.const_data_ptr<int64_t>(), offsets.const_data_ptr<int64_t>(), il.const_data_ptr<int64_t>(),
+                   tl.const_data_ptr<int64_t>(), targets.numel(), T, max_target_length, C, blank};
+  auto nll = at::empty({N}, log_probs.options().dtype(acc));
+  auto scratch = at::empty({N, 3, Sp}, log_probs.options().dtype(acc));
+  auto links = at::empty({N, 2, Sp}, log_probs.options().dtype(at::kInt));
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, log_probs.scalar_type(), "ctc_loss_backward_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    ctc_nll_kernel<acc_t><<<blocks_for(N), kThreads, 0, stream>>>(lay, log_alpha.const_data_ptr<acc_t>(),
+                                                                   nll.data_ptr<acc_t>(), N, Sp);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    ctc_dense_grad_kernel<scalar_t, acc_t><<<blocks_for(out.numel()), kThreads, 0, stream>>>(
+        log_probs.const_data_ptr<scalar_t>(), grad.const_data_ptr<scalar_t>(), nll.const_data_ptr<acc_t>(),
+        il.const_data_ptr<int64_t>(), out.data_ptr<scalar_t>(), out.numel(), N, C, zero_infinity);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    ctc_occupancy_grad_kernel<scalar_t, acc_t><<<N, threads_for_positions(Sp), 0, stream>>>(
+        log_probs.const_data_ptr<scalar_t>(), grad.const_data_ptr<scalar_t>(), lay, log_alpha.const_data_ptr<acc_t>(),
+        nll.const_data_ptr<acc_t>(), scratch.data_ptr<acc_t>(), links.data_ptr<int>(), out.data_ptr<scalar_t>(), N,
+        Sp);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(visionops, CUDA, m) {
+  m.impl("ctc_loss", &ctc_loss_forward_cuda);
+  m.impl("_ctc_loss_backward", &ctc_loss_backward_cuda);
+}
+
+}  // namespace visionops
