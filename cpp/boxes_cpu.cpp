@@ -7,29 +7,30 @@
 #include <vector>
 #include <torch/library.h>
 
+#include "visionops/check.h"
 #include "visionops/boxes_ops.h"
 #include "visionops/nms_ops.h"
 
 namespace visionops {
 
 void check_box_iou_args(const at::Tensor& boxes1, const at::Tensor& boxes2) {
-  TORCH_CHECK(boxes1.dim() == 2 && boxes1.size(1) == 4,
+  VISIONOPS_CHECK(boxes1.dim() == 2 && boxes1.size(1) == 4,
               "box_iou: boxes1 must be a tensor [N, 4] (x1, y1, x2, y2), got shape ", boxes1.sizes());
-  TORCH_CHECK(boxes2.dim() == 2 && boxes2.size(1) == 4,
+  VISIONOPS_CHECK(boxes2.dim() == 2 && boxes2.size(1) == 4,
               "box_iou: boxes2 must be a tensor [M, 4] (x1, y1, x2, y2), got shape ", boxes2.sizes());
-  TORCH_CHECK(at::isFloatingType(boxes1.scalar_type()), "box_iou: boxes1 must be a floating-point tensor, got ",
+  VISIONOPS_CHECK(at::isFloatingType(boxes1.scalar_type()), "box_iou: boxes1 must be a floating-point tensor, got ",
               boxes1.scalar_type());
-  TORCH_CHECK(boxes2.scalar_type() == boxes1.scalar_type(), "box_iou: boxes2 must have the same dtype as boxes1 (",
+  VISIONOPS_CHECK(boxes2.scalar_type() == boxes1.scalar_type(), "box_iou: boxes2 must have the same dtype as boxes1 (",
               boxes1.scalar_type(), "), got ", boxes2.scalar_type());
-  TORCH_CHECK(boxes2.device() == boxes1.device(), "box_iou: boxes2 must be on the same device as boxes1 (",
+  VISIONOPS_CHECK(boxes2.device() == boxes1.device(), "box_iou: boxes2 must be on the same device as boxes1 (",
               boxes1.device(), "), got ", boxes2.device());
 }
 
 void check_box_iou_backward_args(const at::Tensor& grad, const at::Tensor& boxes1, const at::Tensor& boxes2) {
-  TORCH_CHECK(grad.dim() == 2 && grad.size(0) == boxes1.size(0) && grad.size(1) == boxes2.size(0),
+  VISIONOPS_CHECK(grad.dim() == 2 && grad.size(0) == boxes1.size(0) && grad.size(1) == boxes2.size(0),
               "_box_iou_backward: grad must have shape [", boxes1.size(0), ", ", boxes2.size(0), "], got ",
               grad.sizes());
-  TORCH_CHECK(grad.scalar_type() == boxes1.scalar_type() && grad.device() == boxes1.device(),
+  VISIONOPS_CHECK(grad.scalar_type() == boxes1.scalar_type() && grad.device() == boxes1.device(),
               "_box_iou_backward: grad must have the dtype and device of the boxes");
 }
 

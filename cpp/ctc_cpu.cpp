@@ -24,6 +24,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "visionops/check.h"
 #include "visionops/ctc.h"
 #include "visionops/ctc_ops.h"
 
@@ -44,33 +45,33 @@ namespace visionops {
 void check_ctc_args(const char* op, const at::Tensor& log_probs, const at::Tensor& targets,
                     const at::Tensor& input_lengths, const at::Tensor& target_lengths, int64_t max_target_length,
                     int64_t blank) {
-  TORCH_CHECK(log_probs.dim() == 3, op, ": log_probs must be a 3-D tensor [T, N, C], got a ", log_probs.dim(),
+  VISIONOPS_CHECK(log_probs.dim() == 3, op, ": log_probs must be a 3-D tensor [T, N, C], got a ", log_probs.dim(),
               "-D tensor");
-  TORCH_CHECK(at::isFloatingType(log_probs.scalar_type()), op, ": log_probs must be a floating-point tensor, got ",
+  VISIONOPS_CHECK(at::isFloatingType(log_probs.scalar_type()), op, ": log_probs must be a floating-point tensor, got ",
               log_probs.scalar_type());
   const int64_t N = log_probs.size(1), C = log_probs.size(2);
-  TORCH_CHECK(targets.dim() == 1 || targets.dim() == 2, op,
+  VISIONOPS_CHECK(targets.dim() == 1 || targets.dim() == 2, op,
               ": targets must be padded [N, S] or concatenated 1-D, got a ", targets.dim(), "-D tensor");
-  TORCH_CHECK(at::isIntegralType(targets.scalar_type(), /*includeBool=*/false), op,
+  VISIONOPS_CHECK(at::isIntegralType(targets.scalar_type(), /*includeBool=*/false), op,
               ": targets must be an integer tensor, got ", targets.scalar_type());
-  TORCH_CHECK(targets.device() == log_probs.device(), op, ": targets must be on the device of log_probs (",
+  VISIONOPS_CHECK(targets.device() == log_probs.device(), op, ": targets must be on the device of log_probs (",
               log_probs.device(), "), got ", targets.device());
   if (targets.dim() == 2) {
-    TORCH_CHECK(targets.size(0) == N, op, ": padded targets must have N = ", N, " rows, got shape ", targets.sizes());
-    TORCH_CHECK(max_target_length <= targets.size(1), op, ": max_target_length (", max_target_length,
+    VISIONOPS_CHECK(targets.size(0) == N, op, ": padded targets must have N = ", N, " rows, got shape ", targets.sizes());
+    VISIONOPS_CHECK(max_target_length <= targets.size(1), op, ": max_target_length (", max_target_length,
                 ") exceeds the padded target width ", targets.size(1));
   }
-  TORCH_CHECK(max_target_length >= 0, op, ": max_target_length must be >= 0, got ", max_target_length);
+  VISIONOPS_CHECK(max_target_length >= 0, op, ": max_target_length must be >= 0, got ", max_target_length);
   for (const auto& [name, t] : {std::pair<const char*, const at::Tensor&>{"input_lengths", input_lengths},
                                 std::pair<const char*, const at::Tensor&>{"target_lengths", target_lengths}}) {
-    TORCH_CHECK(t.dim() == 1 && t.size(0) == N, op, ": ", name, " must be a 1-D tensor of N = ", N,
+    VISIONOPS_CHECK(t.dim() == 1 && t.size(0) == N, op, ": ", name, " must be a 1-D tensor of N = ", N,
                 " lengths, got shape ", t.sizes());
-    TORCH_CHECK(at::isIntegralType(t.scalar_type(), /*includeBool=*/false), op, ": ", name,
+    VISIONOPS_CHECK(at::isIntegralType(t.scalar_type(), /*includeBool=*/false), op, ": ", name,
                 " must be an integer tensor, got ", t.scalar_type());
-    TORCH_CHECK(t.device() == log_probs.device(), op, ": ", name, " must be on the device of log_probs (",
+    VISIONOPS_CHECK(t.device() == log_probs.device(), op, ": ", name, " must be on the device of log_probs (",
                 log_probs.device(), "), got ", t.device());
   }
-  TORCH_CHECK(blank >= 0 && blank < C, op, ": blank must lie in [0, C) = [0, ", C, "), got ", blank);
+  VISIONOPS_CHECK(blank >= 0 && blank < C, op, ": blank must lie in [0, C) = [0, ", C, "), got ", blank);
 }
 
 void check_ctc_values(const char* op, const at::Tensor& targets, const at::Tensor& input_lengths,
@@ -85,16 +86,16 @@ void check_ctc_values(const char* op, const at::Tensor& targets, const at::Tenso
   const int64_t* tgp = tg.data_ptr<int64_t>();
   int64_t offset = 0;
   for (int64_t b = 0; b < N; ++b) {
-    TORCH_CHECK(ilp[b] >= 0 && ilp[b] <= max_time, op, ": input_lengths[", b, "] = ", ilp[b],
+    VISIONOPS_CHECK(ilp[b] >= 0 && ilp[b] <= max_time, op, ": input_lengths[", b, "] = ", ilp[b],
                 " must lie in [0, T] = [0, ", max_time, "]");
-    TORCH_CHECK(tlp[b] >= 0 && tlp[b] <= max_target_length, op, ": target_lengths[", b, "] = ", tlp[b],
+    VISIONOPS_CHECK(tlp[b] >= 0 && tlp[b] <= max_target_length, op, ": target_lengths[", b, "] = ", tlp[b],
                 " must lie in [0, S] = [0, ", max_target_length, "]");
     const int64_t start = tg.dim() == 2 ? b * tg.size(1) : offset;
-    TORCH_CHECK(tg.dim() == 2 || start + tlp[b] <= tg.numel(), op, ": concatenated targets hold ", tg.numel(),
+    VISIONOPS_CHECK(tg.dim() == 2 || start + tlp[b] <= tg.numel(), op, ": concatenated targets hold ", tg.numel(),
                 " labels, fewer than sum(target_lengths)");
     for (int64_t k = 0; k < tlp[b]; ++k) {
       const int64_t label = tgp[start + k];
-      TORCH_CHECK(label >= 0 && label < num_classes && label != blank, op, ": targets of sample ", b,
+      VISIONOPS_CHECK(label >= 0 && label < num_classes && label != blank, op, ": targets of sample ", b,
                   " must be class indices in [0, C) = [0, ", num_classes, ") other than blank = ", blank,
                   ", got ", label, " at position ", k);
     }
@@ -337,14 +338,14 @@ std::tuple<at::Tensor, at::Tensor> ctc_loss_forward_cpu(const at::Tensor& log_pr
 
 void check_backward_args(const at::Tensor& grad, const at::Tensor& log_probs, const at::Tensor& log_alpha) {
   const char* op = "_ctc_loss_backward";
-  TORCH_CHECK(log_probs.dim() == 3, op, ": log_probs must be [T, N, C]");
+  VISIONOPS_CHECK(log_probs.dim() == 3, op, ": log_probs must be [T, N, C]");
   const int64_t T = log_probs.size(0), N = log_probs.size(1);
-  TORCH_CHECK(grad.dim() == 1 && grad.size(0) == N, op, ": grad must have shape [", N, "], got ", grad.sizes());
-  TORCH_CHECK(log_alpha.dim() == 3 && log_alpha.size(0) == N && log_alpha.size(1) == T && log_alpha.size(2) % 2 == 1,
+  VISIONOPS_CHECK(grad.dim() == 1 && grad.size(0) == N, op, ": grad must have shape [", N, "], got ", grad.sizes());
+  VISIONOPS_CHECK(log_alpha.dim() == 3 && log_alpha.size(0) == N && log_alpha.size(1) == T && log_alpha.size(2) % 2 == 1,
               op, ": log_alpha must have shape [N, T, 2S + 1] = [", N, ", ", T, ", odd], got ", log_alpha.sizes());
-  TORCH_CHECK(log_alpha.scalar_type() == acc_type_of(log_probs.scalar_type()), op, ": log_alpha must be ",
+  VISIONOPS_CHECK(log_alpha.scalar_type() == acc_type_of(log_probs.scalar_type()), op, ": log_alpha must be ",
               acc_type_of(log_probs.scalar_type()), " for ", log_probs.scalar_type(), " log_probs");
-  TORCH_CHECK(grad.device() == log_probs.device() && log_alpha.device() == log_probs.device(), op,
+  VISIONOPS_CHECK(grad.device() == log_probs.device() && log_alpha.device() == log_probs.device(), op,
               ": grad, log_probs and log_alpha must be on one device");
 }
 
@@ -581,22 +582,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ctc_beam_search_cpu(const at::Ten
                                                                    const at::Tensor& input_lengths_,
                                                                    int64_t beam_width, int64_t blank) {
   const char* op = "ctc_beam_search_decode";
-  TORCH_CHECK(log_probs_.dim() == 3, op, ": log_probs must be a 3-D tensor [T, N, C], got a ", log_probs_.dim(),
+  VISIONOPS_CHECK(log_probs_.dim() == 3, op, ": log_probs must be a 3-D tensor [T, N, C], got a ", log_probs_.dim(),
               "-D tensor");
-  TORCH_CHECK(at::isFloatingType(log_probs_.scalar_type()), op, ": log_probs must be a floating-point tensor, got ",
+  VISIONOPS_CHECK(at::isFloatingType(log_probs_.scalar_type()), op, ": log_probs must be a floating-point tensor, got ",
               log_probs_.scalar_type());
   const int64_t T = log_probs_.size(0), N = log_probs_.size(1), C = log_probs_.size(2);
-  TORCH_CHECK(input_lengths_.dim() == 1 && input_lengths_.size(0) == N, op,
+  VISIONOPS_CHECK(input_lengths_.dim() == 1 && input_lengths_.size(0) == N, op,
               ": input_lengths must be a 1-D tensor of N = ", N, " lengths, got shape ", input_lengths_.sizes());
-  TORCH_CHECK(at::isIntegralType(input_lengths_.scalar_type(), false), op,
+  VISIONOPS_CHECK(at::isIntegralType(input_lengths_.scalar_type(), false), op,
               ": input_lengths must be an integer tensor, got ", input_lengths_.scalar_type());
-  TORCH_CHECK(input_lengths_.device() == log_probs_.device(), op, ": input_lengths must be on the device of log_probs");
-  TORCH_CHECK(blank >= 0 && blank < C, op, ": blank must lie in [0, C) = [0, ", C, "), got ", blank);
-  TORCH_CHECK(beam_width >= 1, op, ": beam_width must be >= 1, got ", beam_width);
+  VISIONOPS_CHECK(input_lengths_.device() == log_probs_.device(), op, ": input_lengths must be on the device of log_probs");
+  VISIONOPS_CHECK(blank >= 0 && blank < C, op, ": blank must lie in [0, C) = [0, ", C, "), got ", blank);
+  VISIONOPS_CHECK(beam_width >= 1, op, ": beam_width must be >= 1, got ", beam_width);
   const auto il = input_lengths_.to(at::kLong).contiguous();
   const int64_t* ilp = il.const_data_ptr<int64_t>();
   for (int64_t b = 0; b < N; ++b) {
-    TORCH_CHECK(ilp[b] >= 0 && ilp[b] <= T, op, ": input_lengths[", b, "] = ", ilp[b], " must lie in [0, T] = [0, ",
+    VISIONOPS_CHECK(ilp[b] >= 0 && ilp[b] <= T, op, ": input_lengths[", b, "] = ", ilp[b], " must lie in [0, T] = [0, ",
                 T, "]");
   }
   // the search runs in float64 whatever the input dtype: scores of long

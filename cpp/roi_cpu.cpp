@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "visionops/check.h"
 #include "visionops/roi.h"
 #include "visionops/roi_ops.h"
 
@@ -26,31 +27,31 @@ namespace visionops {
 
 void check_roi_forward_args(const char* op, const at::Tensor& input, const at::Tensor& rois, double spatial_scale,
                             int64_t pooled_height, int64_t pooled_width) {
-  TORCH_CHECK(input.dim() == 4, op, ": input must be a 4-D tensor [N, C, H, W], got a ", input.dim(), "-D tensor");
-  TORCH_CHECK(at::isFloatingType(input.scalar_type()), op, ": input must be a floating-point tensor, got ",
+  VISIONOPS_CHECK(input.dim() == 4, op, ": input must be a 4-D tensor [N, C, H, W], got a ", input.dim(), "-D tensor");
+  VISIONOPS_CHECK(at::isFloatingType(input.scalar_type()), op, ": input must be a floating-point tensor, got ",
               input.scalar_type());
-  TORCH_CHECK(rois.dim() == 2 && rois.size(1) == 5, op,
+  VISIONOPS_CHECK(rois.dim() == 2 && rois.size(1) == 5, op,
               ": rois must be a tensor [K, 5] (batch_index, x1, y1, x2, y2), got shape ", rois.sizes());
-  TORCH_CHECK(rois.device() == input.device(), op, ": rois must be on the same device as input (", input.device(),
+  VISIONOPS_CHECK(rois.device() == input.device(), op, ": rois must be on the same device as input (", input.device(),
               "), got ", rois.device());
-  TORCH_CHECK(rois.scalar_type() == input.scalar_type(), op, ": rois must have the same dtype as input (",
+  VISIONOPS_CHECK(rois.scalar_type() == input.scalar_type(), op, ": rois must have the same dtype as input (",
               input.scalar_type(), "), got ", rois.scalar_type());
-  TORCH_CHECK(pooled_height > 0 && pooled_width > 0, op, ": output_size must be positive, got (", pooled_height, ", ",
+  VISIONOPS_CHECK(pooled_height > 0 && pooled_width > 0, op, ": output_size must be positive, got (", pooled_height, ", ",
               pooled_width, ")");
-  TORCH_CHECK(std::isfinite(spatial_scale) && spatial_scale > 0, op,
+  VISIONOPS_CHECK(std::isfinite(spatial_scale) && spatial_scale > 0, op,
               ": spatial_scale must be a positive finite number, got ", spatial_scale);
 }
 
 void check_roi_backward_args(const char* op, const at::Tensor& grad, const at::Tensor& rois, int64_t pooled_height,
                              int64_t pooled_width, int64_t batch_size, int64_t channels, int64_t height,
                              int64_t width) {
-  TORCH_CHECK(rois.dim() == 2 && rois.size(1) == 5, op, ": rois must be a tensor [K, 5], got shape ", rois.sizes());
-  TORCH_CHECK(grad.dim() == 4 && grad.size(0) == rois.size(0) && grad.size(1) == channels &&
+  VISIONOPS_CHECK(rois.dim() == 2 && rois.size(1) == 5, op, ": rois must be a tensor [K, 5], got shape ", rois.sizes());
+  VISIONOPS_CHECK(grad.dim() == 4 && grad.size(0) == rois.size(0) && grad.size(1) == channels &&
                   grad.size(2) == pooled_height && grad.size(3) == pooled_width,
               op, ": grad must have shape [", rois.size(0), ", ", channels, ", ", pooled_height, ", ", pooled_width,
               "], got ", grad.sizes());
-  TORCH_CHECK(grad.device() == rois.device(), op, ": grad and rois must be on the same device");
-  TORCH_CHECK(batch_size >= 0 && channels >= 0 && height >= 0 && width >= 0, op,
+  VISIONOPS_CHECK(grad.device() == rois.device(), op, ": grad and rois must be on the same device");
+  VISIONOPS_CHECK(batch_size >= 0 && channels >= 0 && height >= 0 && width >= 0, op,
               ": input sizes must be non-negative");
 }
 
@@ -58,7 +59,7 @@ void check_roi_batch_indices(const char* op, const at::Tensor& rois, int64_t bat
   if (rois.size(0) == 0) return;
   const auto index = rois.select(1, 0);
   const bool ok = at::logical_and(index.ge(0), index.lt(batch_size)).all().item<bool>();
-  TORCH_CHECK(ok, op, ": rois[:, 0] (batch index) must lie in [0, ", batch_size, ") for an input batch of ",
+  VISIONOPS_CHECK(ok, op, ": rois[:, 0] (batch index) must lie in [0, ", batch_size, ") for an input batch of ",
               batch_size, " images");
 }
 
@@ -428,7 +429,7 @@ at::Tensor roi_pool_backward_cpu(const at::Tensor& grad, const at::Tensor& rois,
                                  int64_t channels, int64_t height, int64_t width) {
   check_roi_backward_args("_roi_pool_backward", grad, rois, pooled_height, pooled_width, batch_size, channels, height,
                           width);
-  TORCH_CHECK(argmax.sizes() == grad.sizes() && argmax.scalar_type() == at::kLong, "_roi_pool_backward: argmax must be ",
+  VISIONOPS_CHECK(argmax.sizes() == grad.sizes() && argmax.scalar_type() == at::kLong, "_roi_pool_backward: argmax must be ",
               "an int64 tensor shaped like grad, got ", argmax.scalar_type(), " ", argmax.sizes());
   const bool cl = use_channels_last(argmax);
   const auto fmt = memory_format_for(cl);

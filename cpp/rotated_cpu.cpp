@@ -16,6 +16,7 @@
 #include <cmath>
 #include <vector>
 
+#include "visionops/check.h"
 #include "visionops/roi.h"
 #include "visionops/roi_ops.h"
 #include "visionops/rotated.h"
@@ -27,48 +28,48 @@ namespace visionops {
 
 void check_box_iou_rotated_args(const at::Tensor& boxes1, const at::Tensor& boxes2, int64_t mode, bool aligned) {
   const char* op = "box_iou_rotated";
-  TORCH_CHECK(boxes1.dim() == 2 && boxes1.size(1) == 5, op,
+  VISIONOPS_CHECK(boxes1.dim() == 2 && boxes1.size(1) == 5, op,
               ": boxes1 must be a tensor [N, 5] (cx, cy, w, h, angle), got shape ", boxes1.sizes());
-  TORCH_CHECK(boxes2.dim() == 2 && boxes2.size(1) == 5, op,
+  VISIONOPS_CHECK(boxes2.dim() == 2 && boxes2.size(1) == 5, op,
               ": boxes2 must be a tensor [M, 5] (cx, cy, w, h, angle), got shape ", boxes2.sizes());
-  TORCH_CHECK(at::isFloatingType(boxes1.scalar_type()), op, ": boxes1 must be a floating-point tensor, got ",
+  VISIONOPS_CHECK(at::isFloatingType(boxes1.scalar_type()), op, ": boxes1 must be a floating-point tensor, got ",
               boxes1.scalar_type());
-  TORCH_CHECK(boxes2.scalar_type() == boxes1.scalar_type(), op, ": boxes2 must have the same dtype as boxes1 (",
+  VISIONOPS_CHECK(boxes2.scalar_type() == boxes1.scalar_type(), op, ": boxes2 must have the same dtype as boxes1 (",
               boxes1.scalar_type(), "), got ", boxes2.scalar_type());
-  TORCH_CHECK(boxes2.device() == boxes1.device(), op, ": boxes2 must be on the same device as boxes1 (",
+  VISIONOPS_CHECK(boxes2.device() == boxes1.device(), op, ": boxes2 must be on the same device as boxes1 (",
               boxes1.device(), "), got ", boxes2.device());
-  TORCH_CHECK(mode == kRotatedIoU || mode == kRotatedIoF, op, ": mode must be 0 (iou) or 1 (iof), got ", mode);
-  TORCH_CHECK(!aligned || boxes1.size(0) == boxes2.size(0), op,
+  VISIONOPS_CHECK(mode == kRotatedIoU || mode == kRotatedIoF, op, ": mode must be 0 (iou) or 1 (iof), got ", mode);
+  VISIONOPS_CHECK(!aligned || boxes1.size(0) == boxes2.size(0), op,
               ": aligned=True needs as many boxes1 as boxes2, got ", boxes1.size(0), " and ", boxes2.size(0));
 }
 
 void check_rotated_roi_forward_args(const char* op, const at::Tensor& input, const at::Tensor& rois,
                                     double spatial_scale, int64_t pooled_height, int64_t pooled_width) {
-  TORCH_CHECK(input.dim() == 4, op, ": input must be a 4-D tensor [N, C, H, W], got a ", input.dim(), "-D tensor");
-  TORCH_CHECK(at::isFloatingType(input.scalar_type()), op, ": input must be a floating-point tensor, got ",
+  VISIONOPS_CHECK(input.dim() == 4, op, ": input must be a 4-D tensor [N, C, H, W], got a ", input.dim(), "-D tensor");
+  VISIONOPS_CHECK(at::isFloatingType(input.scalar_type()), op, ": input must be a floating-point tensor, got ",
               input.scalar_type());
-  TORCH_CHECK(rois.dim() == 2 && rois.size(1) == 6, op,
+  VISIONOPS_CHECK(rois.dim() == 2 && rois.size(1) == 6, op,
               ": rois must be a tensor [K, 6] (batch_index, cx, cy, w, h, angle), got shape ", rois.sizes());
-  TORCH_CHECK(rois.device() == input.device(), op, ": rois must be on the same device as input (", input.device(),
+  VISIONOPS_CHECK(rois.device() == input.device(), op, ": rois must be on the same device as input (", input.device(),
               "), got ", rois.device());
-  TORCH_CHECK(rois.scalar_type() == input.scalar_type(), op, ": rois must have the same dtype as input (",
+  VISIONOPS_CHECK(rois.scalar_type() == input.scalar_type(), op, ": rois must have the same dtype as input (",
               input.scalar_type(), "), got ", rois.scalar_type());
-  TORCH_CHECK(pooled_height > 0 && pooled_width > 0, op, ": output_size must be positive, got (", pooled_height, ", ",
+  VISIONOPS_CHECK(pooled_height > 0 && pooled_width > 0, op, ": output_size must be positive, got (", pooled_height, ", ",
               pooled_width, ")");
-  TORCH_CHECK(std::isfinite(spatial_scale) && spatial_scale > 0, op,
+  VISIONOPS_CHECK(std::isfinite(spatial_scale) && spatial_scale > 0, op,
               ": spatial_scale must be a positive finite number, got ", spatial_scale);
 }
 
 void check_rotated_roi_backward_args(const char* op, const at::Tensor& grad, const at::Tensor& rois,
                                      int64_t pooled_height, int64_t pooled_width, int64_t batch_size,
                                      int64_t channels, int64_t height, int64_t width) {
-  TORCH_CHECK(rois.dim() == 2 && rois.size(1) == 6, op, ": rois must be a tensor [K, 6], got shape ", rois.sizes());
-  TORCH_CHECK(grad.dim() == 4 && grad.size(0) == rois.size(0) && grad.size(1) == channels &&
+  VISIONOPS_CHECK(rois.dim() == 2 && rois.size(1) == 6, op, ": rois must be a tensor [K, 6], got shape ", rois.sizes());
+  VISIONOPS_CHECK(grad.dim() == 4 && grad.size(0) == rois.size(0) && grad.size(1) == channels &&
                   grad.size(2) == pooled_height && grad.size(3) == pooled_width,
               op, ": grad must have shape [", rois.size(0), ", ", channels, ", ", pooled_height, ", ", pooled_width,
               "], got ", grad.sizes());
-  TORCH_CHECK(grad.device() == rois.device(), op, ": grad and rois must be on the same device");
-  TORCH_CHECK(batch_size >= 0 && channels >= 0 && height >= 0 && width >= 0, op,
+  VISIONOPS_CHECK(grad.device() == rois.device(), op, ": grad and rois must be on the same device");
+  VISIONOPS_CHECK(batch_size >= 0 && channels >= 0 && height >= 0 && width >= 0, op,
               ": input sizes must be non-negative");
 }
 
@@ -427,7 +428,7 @@ at::Tensor roi_pool_rotated_backward_cpu(const at::Tensor& grad, const at::Tenso
                                          int64_t batch_size, int64_t channels, int64_t height, int64_t width) {
   check_rotated_roi_backward_args("_roi_pool_rotated_backward", grad, rois, pooled_height, pooled_width, batch_size,
                                   channels, height, width);
-  TORCH_CHECK(argmax.sizes() == grad.sizes() && argmax.scalar_type() == at::kLong,
+  VISIONOPS_CHECK(argmax.sizes() == grad.sizes() && argmax.scalar_type() == at::kLong,
               "_roi_pool_rotated_backward: argmax must be an int64 tensor shaped like grad, got ",
               argmax.scalar_type(), " ", argmax.sizes());
   const bool cl = use_channels_last(argmax);

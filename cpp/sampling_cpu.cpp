@@ -15,6 +15,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "visionops/check.h"
 #include "visionops/sampling.h"
 #include "visionops/sampling_ops.h"
 
@@ -23,59 +24,59 @@ namespace visionops {
 // ---------------------------------------------------------------- argument checks
 
 void check_sampling_input(const char* op, const at::Tensor& input, int64_t interpolation_mode, int64_t padding_mode) {
-  TORCH_CHECK(input.dim() == 4, op, ": input must be a 4-D tensor [N, C, H, W], got a ", input.dim(), "-D tensor");
-  TORCH_CHECK(at::isFloatingType(input.scalar_type()), op, ": input must be a floating-point tensor, got ",
+  VISIONOPS_CHECK(input.dim() == 4, op, ": input must be a 4-D tensor [N, C, H, W], got a ", input.dim(), "-D tensor");
+  VISIONOPS_CHECK(at::isFloatingType(input.scalar_type()), op, ": input must be a floating-point tensor, got ",
               input.scalar_type());
-  TORCH_CHECK(interpolation_mode == 0 || interpolation_mode == 1, op,
+  VISIONOPS_CHECK(interpolation_mode == 0 || interpolation_mode == 1, op,
               ": interpolation_mode must be 0 (bilinear) or 1 (nearest), got ", interpolation_mode);
-  TORCH_CHECK(padding_mode >= 0 && padding_mode <= 2, op,
+  VISIONOPS_CHECK(padding_mode >= 0 && padding_mode <= 2, op,
               ": padding_mode must be 0 (zeros), 1 (border) or 2 (reflection), got ", padding_mode);
 }
 
 void check_sampling_grid(const char* op, const at::Tensor& input, const at::Tensor& grid) {
-  TORCH_CHECK(grid.dim() == 4 && grid.size(3) == 2, op, ": grid must be a tensor [N, H_out, W_out, 2], got shape ",
+  VISIONOPS_CHECK(grid.dim() == 4 && grid.size(3) == 2, op, ": grid must be a tensor [N, H_out, W_out, 2], got shape ",
               grid.sizes());
-  TORCH_CHECK(grid.size(0) == input.size(0), op, ": grid and input must have the same batch size, got ",
+  VISIONOPS_CHECK(grid.size(0) == input.size(0), op, ": grid and input must have the same batch size, got ",
               grid.size(0), " and ", input.size(0));
-  TORCH_CHECK(grid.device() == input.device(), op, ": grid must be on the same device as input (", input.device(),
+  VISIONOPS_CHECK(grid.device() == input.device(), op, ": grid must be on the same device as input (", input.device(),
               "), got ", grid.device());
-  TORCH_CHECK(grid.scalar_type() == input.scalar_type(), op, ": grid must have the same dtype as input (",
+  VISIONOPS_CHECK(grid.scalar_type() == input.scalar_type(), op, ": grid must have the same dtype as input (",
               input.scalar_type(), "), got ", grid.scalar_type());
 }
 
 void check_sampling_theta(const char* op, const at::Tensor& input, const at::Tensor& theta) {
-  TORCH_CHECK(theta.dim() == 3 && theta.size(1) == 2 && theta.size(2) == 3, op,
+  VISIONOPS_CHECK(theta.dim() == 3 && theta.size(1) == 2 && theta.size(2) == 3, op,
               ": theta must be a tensor [N, 2, 3], got shape ", theta.sizes());
-  TORCH_CHECK(theta.size(0) == input.size(0), op, ": theta and input must have the same batch size, got ",
+  VISIONOPS_CHECK(theta.size(0) == input.size(0), op, ": theta and input must have the same batch size, got ",
               theta.size(0), " and ", input.size(0));
-  TORCH_CHECK(theta.device() == input.device(), op, ": theta must be on the same device as input (", input.device(),
+  VISIONOPS_CHECK(theta.device() == input.device(), op, ": theta must be on the same device as input (", input.device(),
               "), got ", theta.device());
-  TORCH_CHECK(theta.scalar_type() == input.scalar_type(), op, ": theta must have the same dtype as input (",
+  VISIONOPS_CHECK(theta.scalar_type() == input.scalar_type(), op, ": theta must have the same dtype as input (",
               input.scalar_type(), "), got ", theta.scalar_type());
 }
 
 void check_tps_params(const char* op, const at::Tensor& like, const at::Tensor& kernel_weights,
                       const at::Tensor& affine_weights, const at::Tensor& target_points) {
-  TORCH_CHECK(kernel_weights.dim() == 3 && kernel_weights.size(2) == 2, op,
+  VISIONOPS_CHECK(kernel_weights.dim() == 3 && kernel_weights.size(2) == 2, op,
               ": kernel_weights must be a tensor [B, K, 2], got shape ", kernel_weights.sizes());
   const int64_t B = kernel_weights.size(0), K = kernel_weights.size(1);
-  TORCH_CHECK(affine_weights.dim() == 3 && affine_weights.size(0) == B && affine_weights.size(1) == 3 &&
+  VISIONOPS_CHECK(affine_weights.dim() == 3 && affine_weights.size(0) == B && affine_weights.size(1) == 3 &&
                   affine_weights.size(2) == 2,
               op, ": affine_weights must be a tensor [", B, ", 3, 2], got shape ", affine_weights.sizes());
-  TORCH_CHECK(target_points.dim() == 3 && target_points.size(0) == B && target_points.size(1) == K &&
+  VISIONOPS_CHECK(target_points.dim() == 3 && target_points.size(0) == B && target_points.size(1) == K &&
                   target_points.size(2) == 2,
               op, ": target_points must be a tensor [", B, ", ", K, ", 2], got shape ", target_points.sizes());
   for (const auto* t : {&kernel_weights, &affine_weights, &target_points}) {
-    TORCH_CHECK(t->device() == like.device(), op, ": kernel_weights, affine_weights and target_points must be on ",
+    VISIONOPS_CHECK(t->device() == like.device(), op, ": kernel_weights, affine_weights and target_points must be on ",
                 like.device(), ", got ", t->device());
-    TORCH_CHECK(t->scalar_type() == like.scalar_type(), op,
+    VISIONOPS_CHECK(t->scalar_type() == like.scalar_type(), op,
                 ": kernel_weights, affine_weights and target_points must have dtype ", like.scalar_type(), ", got ",
                 t->scalar_type());
   }
 }
 
 void check_output_size(const char* op, int64_t height, int64_t width) {
-  TORCH_CHECK(height >= 0 && width >= 0, op, ": output size must be non-negative, got (", height, ", ", width, ")");
+  VISIONOPS_CHECK(height >= 0 && width >= 0, op, ": output size must be non-negative, got (", height, ", ", width, ")");
 }
 
 namespace {
@@ -281,7 +282,7 @@ at::Tensor tps_grid_sample_cpu(const at::Tensor& input, const at::Tensor& kernel
                                int64_t width, int64_t interpolation_mode, int64_t padding_mode, bool align_corners) {
   check_sampling_input("tps_grid_sample", input, interpolation_mode, padding_mode);
   check_tps_params("tps_grid_sample", input, kernel_weights, affine_weights, target_points);
-  TORCH_CHECK(kernel_weights.size(0) == input.size(0), "tps_grid_sample: kernel_weights and input must have the same ",
+  VISIONOPS_CHECK(kernel_weights.size(0) == input.size(0), "tps_grid_sample: kernel_weights and input must have the same ",
               "batch size, got ", kernel_weights.size(0), " and ", input.size(0));
   check_output_size("tps_grid_sample", height, width);
   return sample_forward<MakeTPS>(input, height, width, interpolation_mode, padding_mode, align_corners,
@@ -475,7 +476,7 @@ std::tuple<at::Tensor, at::Tensor> grid_sample_backward_cpu(const at::Tensor& gr
   const char* op = "_grid_sample_backward";
   check_sampling_input(op, input, interpolation_mode, padding_mode);
   check_sampling_grid(op, input, grid);
-  TORCH_CHECK(grad.dim() == 4 && grad.size(0) == input.size(0) && grad.size(1) == input.size(1) &&
+  VISIONOPS_CHECK(grad.dim() == 4 && grad.size(0) == input.size(0) && grad.size(1) == input.size(1) &&
                   grad.size(2) == grid.size(1) && grad.size(3) == grid.size(2),
               op, ": grad must have shape [", input.size(0), ", ", input.size(1), ", ", grid.size(1), ", ",
               grid.size(2), "], got ", grad.sizes());
@@ -526,7 +527,7 @@ std::tuple<at::Tensor, at::Tensor> grid_sample_backward_cpu(const at::Tensor& gr
 at::Tensor tps_grid_cpu(const at::Tensor& kernel_weights, const at::Tensor& affine_weights,
                         const at::Tensor& target_points, int64_t height, int64_t width, bool align_corners) {
   check_tps_params("tps_grid", kernel_weights, kernel_weights, affine_weights, target_points);
-  TORCH_CHECK(at::isFloatingType(kernel_weights.scalar_type()), "tps_grid: kernel_weights must be floating-point");
+  VISIONOPS_CHECK(at::isFloatingType(kernel_weights.scalar_type()), "tps_grid: kernel_weights must be floating-point");
   check_output_size("tps_grid", height, width);
   const int64_t B = kernel_weights.size(0);
   auto grid = at::empty({B, height, width, 2}, kernel_weights.options());
@@ -556,11 +557,11 @@ std::tuple<at::Tensor, at::Tensor> tps_grid_backward_cpu(const at::Tensor& grad_
                                                          const at::Tensor& kernel_weights,
                                                          const at::Tensor& target_points, bool align_corners) {
   const char* op = "_tps_grid_backward";
-  TORCH_CHECK(grad_grid.dim() == 4 && grad_grid.size(3) == 2 && grad_grid.size(0) == kernel_weights.size(0), op,
+  VISIONOPS_CHECK(grad_grid.dim() == 4 && grad_grid.size(3) == 2 && grad_grid.size(0) == kernel_weights.size(0), op,
               ": grad_grid must be a tensor [B, H, W, 2], got ", grad_grid.sizes());
-  TORCH_CHECK(kernel_weights.dim() == 3 && kernel_weights.size(2) == 2 && target_points.sizes() == kernel_weights.sizes(),
+  VISIONOPS_CHECK(kernel_weights.dim() == 3 && kernel_weights.size(2) == 2 && target_points.sizes() == kernel_weights.sizes(),
               op, ": kernel_weights and target_points must be tensors [B, K, 2] of the same shape");
-  TORCH_CHECK(grad_grid.scalar_type() == kernel_weights.scalar_type(), op,
+  VISIONOPS_CHECK(grad_grid.scalar_type() == kernel_weights.scalar_type(), op,
               ": grad_grid must have the dtype of kernel_weights");
   const int64_t B = kernel_weights.size(0), K = kernel_weights.size(1);
   const int64_t OH = grad_grid.size(1), OW = grad_grid.size(2);

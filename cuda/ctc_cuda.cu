@@ -21,6 +21,7 @@
 
 #include <limits>
 
+#include "visionops/check.h"
 #include "visionops/ctc.h"
 #include "visionops/ctc_ops.h"
 
@@ -292,14 +293,14 @@ at::Tensor ctc_loss_backward_cuda(const at::Tensor& grad_, const at::Tensor& log
                                   const at::Tensor& input_lengths_, const at::Tensor& target_lengths_,
                                   const at::Tensor& log_alpha_, int64_t blank, bool zero_infinity) {
   const char* op = "_ctc_loss_backward";
-  TORCH_CHECK(log_probs_.dim() == 3, op, ": log_probs must be [T, N, C]");
-  TORCH_CHECK(log_alpha_.dim() == 3 && log_alpha_.size(0) == log_probs_.size(1) &&
+  VISIONOPS_CHECK(log_probs_.dim() == 3, op, ": log_probs must be [T, N, C]");
+  VISIONOPS_CHECK(log_alpha_.dim() == 3 && log_alpha_.size(0) == log_probs_.size(1) &&
                   log_alpha_.size(1) == log_probs_.size(0) && log_alpha_.size(2) % 2 == 1,
               op, ": log_alpha must have shape [N, T, 2S + 1], got ", log_alpha_.sizes());
-  TORCH_CHECK(grad_.dim() == 1 && grad_.size(0) == log_probs_.size(1), op, ": grad must have shape [N]");
+  VISIONOPS_CHECK(grad_.dim() == 1 && grad_.size(0) == log_probs_.size(1), op, ": grad must have shape [N]");
   const auto acc = log_probs_.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  TORCH_CHECK(log_alpha_.scalar_type() == acc, op, ": log_alpha must be ", acc);
-  TORCH_CHECK(grad_.device() == log_probs_.device() && log_alpha_.device() == log_probs_.device(), op,
+  VISIONOPS_CHECK(log_alpha_.scalar_type() == acc, op, ": log_alpha must be ", acc);
+  VISIONOPS_CHECK(grad_.device() == log_probs_.device() && log_alpha_.device() == log_probs_.device(), op,
               ": grad, log_probs and log_alpha must be on one device");
   const int64_t max_target_length = (log_alpha_.size(2) - 1) / 2;
   check_ctc_args(op, log_probs_, targets_, input_lengths_, target_lengths_, max_target_length, blank);

@@ -16,6 +16,7 @@
 
 #include <limits>
 
+#include "visionops/check.h"
 #include "visionops/roi.h"
 #include "visionops/roi_ops.h"
 
@@ -460,7 +461,7 @@ at::Tensor roi_pool_backward_cuda(const at::Tensor& grad, const at::Tensor& rois
                                   int64_t batch_size, int64_t channels, int64_t height, int64_t width) {
   check_roi_backward_args("_roi_pool_backward", grad, rois, pooled_height, pooled_width, batch_size, channels, height,
                           width);
-  TORCH_CHECK(argmax.sizes() == grad.sizes() && argmax.scalar_type() == at::kLong, "_roi_pool_backward: argmax must be ",
+  VISIONOPS_CHECK(argmax.sizes() == grad.sizes() && argmax.scalar_type() == at::kLong, "_roi_pool_backward: argmax must be ",
               "an int64 tensor shaped like grad, got ", argmax.scalar_type(), " ", argmax.sizes());
   const c10::cuda::CUDAGuard guard(grad.device());
   const bool cl = use_channels_last(argmax);

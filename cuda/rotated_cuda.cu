@@ -15,6 +15,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include "visionops/check.h"
 #include "visionops/roi.h"
 #include "visionops/roi_ops.h"
 #include "visionops/rotated.h"
@@ -440,7 +441,7 @@ at::Tensor roi_pool_rotated_backward_cuda(const at::Tensor& grad, const at::Tens
                                           int64_t batch_size, int64_t channels, int64_t height, int64_t width) {
   check_rotated_roi_backward_args("_roi_pool_rotated_backward", grad, rois, pooled_height, pooled_width, batch_size,
                                   channels, height, width);
-  TORCH_CHECK(argmax.sizes() == grad.sizes() && argmax.scalar_type() == at::kLong,
+  VISIONOPS_CHECK(argmax.sizes() == grad.sizes() && argmax.scalar_type() == at::kLong,
               "_roi_pool_rotated_backward: argmax must be an int64 tensor shaped like grad, got ",
               argmax.scalar_type(), " ", argmax.sizes());
   const c10::cuda::CUDAGuard guard(grad.device());

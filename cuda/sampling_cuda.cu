@@ -20,6 +20,7 @@
 
 #include <vector>
 
+#include "visionops/check.h"
 #include "visionops/sampling.h"
 #include "visionops/sampling_ops.h"
 
@@ -121,7 +122,7 @@ at::Tensor tps_grid_sample_cuda(const at::Tensor& input, const at::Tensor& kerne
                                 int64_t width, int64_t interpolation_mode, int64_t padding_mode, bool align_corners) {
   check_sampling_input("tps_grid_sample", input, interpolation_mode, padding_mode);
   check_tps_params("tps_grid_sample", input, kernel_weights, affine_weights, target_points);
-  TORCH_CHECK(kernel_weights.size(0) == input.size(0), "tps_grid_sample: kernel_weights and input must have the same ",
+  VISIONOPS_CHECK(kernel_weights.size(0) == input.size(0), "tps_grid_sample: kernel_weights and input must have the same ",
               "batch size, got ", kernel_weights.size(0), " and ", input.size(0));
   check_output_size("tps_grid_sample", height, width);
   return sample_forward<MakeTPS>(input, height, width, interpolation_mode, padding_mode, align_corners,
@@ -249,11 +250,11 @@ std::tuple<at::Tensor, at::Tensor> grid_sample_backward_cuda(const at::Tensor& g
   const char* op = "_grid_sample_backward";
   check_sampling_input(op, input, interpolation_mode, padding_mode);
   check_sampling_grid(op, input, grid);
-  TORCH_CHECK(grad.dim() == 4 && grad.size(0) == input.size(0) && grad.size(1) == input.size(1) &&
+  VISIONOPS_CHECK(grad.dim() == 4 && grad.size(0) == input.size(0) && grad.size(1) == input.size(1) &&
                   grad.size(2) == grid.size(1) && grad.size(3) == grid.size(2),
               op, ": grad must have shape [", input.size(0), ", ", input.size(1), ", ", grid.size(1), ", ",
               grid.size(2), "], got ", grad.sizes());
-  TORCH_CHECK(grad.device() == input.device(), op, ": grad must be on the same device as input");
+  VISIONOPS_CHECK(grad.device() == input.device(), op, ": grad must be on the same device as input");
   const c10::cuda::CUDAGuard guard(input.device());
   const auto interp = static_cast<Interp>(interpolation_mode);
   const auto padding = static_cast<Padding>(padding_mode);
@@ -322,7 +323,7 @@ __global__ void tps_grid_kernel(TPSSource<at::opmath_type<scalar_t>, scalar_t> s
 at::Tensor tps_grid_cuda(const at::Tensor& kernel_weights, const at::Tensor& affine_weights,
                          const at::Tensor& target_points, int64_t height, int64_t width, bool align_corners) {
   check_tps_params("tps_grid", kernel_weights, kernel_weights, affine_weights, target_points);
-  TORCH_CHECK(at::isFloatingType(kernel_weights.scalar_type()), "tps_grid: kernel_weights must be floating-point");
+  VISIONOPS_CHECK(at::isFloatingType(kernel_weights.scalar_type()), "tps_grid: kernel_weights must be floating-point");
   check_output_size("tps_grid", height, width);
   const c10::cuda::CUDAGuard guard(kernel_weights.device());
   const int64_t B = kernel_weights.size(0);
@@ -387,11 +388,11 @@ std::tuple<at::Tensor, at::Tensor> tps_grid_backward_cuda(const at::Tensor& grad
                                                           const at::Tensor& kernel_weights,
                                                           const at::Tensor& target_points, bool align_corners) {
   const char* op = "_tps_grid_backward";
-  TORCH_CHECK(grad_grid.dim() == 4 && grad_grid.size(3) == 2 && grad_grid.size(0) == kernel_weights.size(0), op,
+  VISIONOPS_CHECK(grad_grid.dim() == 4 && grad_grid.size(3) == 2 && grad_grid.size(0) == kernel_weights.size(0), op,
               ": grad_grid must be a tensor [B, H, W, 2], got ", grad_grid.sizes());
-  TORCH_CHECK(kernel_weights.dim() == 3 && kernel_weights.size(2) == 2 && target_points.sizes() == kernel_weights.sizes(),
+  VISIONOPS_CHECK(kernel_weights.dim() == 3 && kernel_weights.size(2) == 2 && target_points.sizes() == kernel_weights.sizes(),
               op, ": kernel_weights and target_points must be tensors [B, K, 2] of the same shape");
-  TORCH_CHECK(grad_grid.scalar_type() == kernel_weights.scalar_type(), op,
+  VISIONOPS_CHECK(grad_grid.scalar_type() == kernel_weights.scalar_type(), op,
               ": grad_grid must have the dtype of kernel_weights");
   const c10::cuda::CUDAGuard guard(kernel_weights.device());
   const int64_t B = kernel_weights.size(0), K = kernel_weights.size(1);
@@ -401,7 +402,7 @@ std::tuple<at::Tensor, at::Tensor> tps_grid_backward_cuda(const at::Tensor& grad
             at::zeros(target_points.sizes(), target_points.options())};
   }
   const int64_t chunks = (P + kPointsPerBlock - 1) / kPointsPerBlock;
-  TORCH_CHECK(K <= 2147483647 && chunks <= 65535 && B <= 65535, op, ": batch (", B, ") or output grid (", P,
+  VISIONOPS_CHECK(K <= 2147483647 && chunks <= 65535 && B <= 65535, op, ": batch (", B, ") or output grid (", P,
               " points) too large for one launch");
   auto partial = at::empty({B, K, chunks, 4}, kernel_weights.options().dtype(at::kDouble));
   const auto g = grad_grid.contiguous(), kw = kernel_weights.contiguous(), tp = target_points.contiguous();

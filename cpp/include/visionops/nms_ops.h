@@ -13,6 +13,7 @@
 #include <tuple>
 #include <vector>
 
+#include "visionops/check.h"
 #include "visionops/nms.h"
 
 #if defined(__CUDACC__)
@@ -28,30 +29,30 @@ namespace visionops {
 inline void check_nms_args(const char* op, const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor* idxs,
                            double iou_threshold, int64_t box_dim, const char* box_format,
                            const int64_t* max_output_size = nullptr) {
-  TORCH_CHECK(boxes.dim() == 2 && boxes.size(1) == box_dim, op, ": boxes must be a tensor [N, ", box_dim, "] ",
+  VISIONOPS_CHECK(boxes.dim() == 2 && boxes.size(1) == box_dim, op, ": boxes must be a tensor [N, ", box_dim, "] ",
               box_format, ", got shape ", boxes.sizes());
-  TORCH_CHECK(at::isFloatingType(boxes.scalar_type()), op, ": boxes must be a floating-point tensor, got ",
+  VISIONOPS_CHECK(at::isFloatingType(boxes.scalar_type()), op, ": boxes must be a floating-point tensor, got ",
               boxes.scalar_type());
-  TORCH_CHECK(scores.dim() == 1 && scores.size(0) == boxes.size(0), op,
+  VISIONOPS_CHECK(scores.dim() == 1 && scores.size(0) == boxes.size(0), op,
               ": scores must be a 1-D tensor with one score per box (", boxes.size(0), "), got shape ",
               scores.sizes());
-  TORCH_CHECK(scores.scalar_type() == boxes.scalar_type(), op, ": scores must have the same dtype as boxes (",
+  VISIONOPS_CHECK(scores.scalar_type() == boxes.scalar_type(), op, ": scores must have the same dtype as boxes (",
               boxes.scalar_type(), "), got ", scores.scalar_type());
-  TORCH_CHECK(scores.device() == boxes.device(), op, ": scores must be on the same device as boxes (",
+  VISIONOPS_CHECK(scores.device() == boxes.device(), op, ": scores must be on the same device as boxes (",
               boxes.device(), "), got ", scores.device());
   if (idxs != nullptr) {
-    TORCH_CHECK(idxs->dim() == 1 && idxs->size(0) == boxes.size(0), op,
+    VISIONOPS_CHECK(idxs->dim() == 1 && idxs->size(0) == boxes.size(0), op,
                 ": idxs must be a 1-D tensor with one class index per box (", boxes.size(0), "), got shape ",
                 idxs->sizes());
-    TORCH_CHECK(at::isIntegralType(idxs->scalar_type(), /*includeBool=*/true), op,
+    VISIONOPS_CHECK(at::isIntegralType(idxs->scalar_type(), /*includeBool=*/true), op,
                 ": idxs must be an integer tensor, got ", idxs->scalar_type());
-    TORCH_CHECK(idxs->device() == boxes.device(), op, ": idxs must be on the same device as boxes (",
+    VISIONOPS_CHECK(idxs->device() == boxes.device(), op, ": idxs must be on the same device as boxes (",
                 boxes.device(), "), got ", idxs->device());
   }
-  TORCH_CHECK(iou_threshold >= 0.0 && iou_threshold <= 1.0, op, ": iou_threshold must lie in [0, 1], got ",
+  VISIONOPS_CHECK(iou_threshold >= 0.0 && iou_threshold <= 1.0, op, ": iou_threshold must lie in [0, 1], got ",
               iou_threshold);
   if (max_output_size != nullptr)
-    TORCH_CHECK(*max_output_size >= 0, op, ": max_output_size must be non-negative, got ", *max_output_size);
+    VISIONOPS_CHECK(*max_output_size >= 0, op, ": max_output_size must be non-negative, got ", *max_output_size);
 }
 
 // ---------------------------------------------------------------- CPU
@@ -188,7 +189,7 @@ std::tuple<at::Tensor, at::Tensor> nms_cuda_padded(const at::Tensor& boxes_in, c
   at::Tensor count = at::zeros({}, long_opts);
   if (n == 0 || capacity == 0) return {out, count};
   const int64_t col_blocks = (n + kNmsBlock - 1) / kNmsBlock;
-  TORCH_CHECK(col_blocks <= 65535, "nms: at most ", int64_t(65535) * kNmsBlock, " boxes per call on CUDA, got ", n);
+  VISIONOPS_CHECK(col_blocks <= 65535, "nms: at most ", int64_t(65535) * kNmsBlock, " boxes per call on CUDA, got ", n);
   auto stream = at::cuda::getCurrentCUDAStream();
 
   const at::Tensor order = std::get<1>(scores.sort(/*stable=*/true, /*dim=*/0, /*descending=*/true));
