@@ -191,7 +191,8 @@ __global__ void roi_align_rotated_backward_gather_kernel(const scalar_t* __restr
       const T inv = T(1) / roi.count;
       for (int64_t ph = 0; ph < PH; ++ph) {
         for (int64_t pw = 0; pw < PW; ++pw) {
-          const RotatedLattice l = roi.lattice(ph, pw);
+          RotatedLattice l = roi.lattice(ph, pw);
+          l.allow_whole = false;
           int64_t j0, j1;
           l.rows(px - 1.0, px + 1.0, py - 1.0, py + 1.0, j0, j1);
           T w = T(0);

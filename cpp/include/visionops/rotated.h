@@ -300,14 +300,29 @@ VISIONOPS_HOST_DEVICE void solve_linear_band(double a, double c0, double lo, dou
   }
 }
 
+// Lattices of at most this many points (every real RoI bin) are visited whole:
+// the exact per-sample test rejects what lies off the map, and the search's
+// double-precision divisions stay off the hot path.
+constexpr int64_t kWholeLattice = 64;
+
 struct RotatedLattice {
   double cx, cy, c, s;  // frame
   double u_first, u_step, v_first, v_step;
   int64_t u_count, v_count;
   double margin;  // in feature cells
+  // false: always search (the deterministic CUDA backward asks about one cell's
+  // neighbourhood, where the search rejects most bins of a RoI at once)
+  bool allow_whole = true;
+
+  VISIONOPS_HOST_DEVICE bool whole() const { return allow_whole && u_count * v_count <= kWholeLattice; }
 
   // Rows j of the lattice that can come within [x0, x1] x [y0, y1] of the map.
   VISIONOPS_HOST_DEVICE void rows(double x0, double x1, double y0, double y1, int64_t& j0, int64_t& j1) const {
+    if (whole()) {
+      j0 = 0;
+      j1 = v_count;
+      return;
+    }
     double vmin = 1e300, vmax = -1e300;
     const double xs[2] = {x0, x1}, ys[2] = {y0, y1};
     for (int a = 0; a < 2; ++a) {
@@ -323,6 +338,11 @@ struct RotatedLattice {
   // Columns i of row position v that can fall within [x0, x1] x [y0, y1].
   VISIONOPS_HOST_DEVICE void cols(double v, double x0, double x1, double y0, double y1, int64_t& i0,
                                   int64_t& i1) const {
+    if (whole()) {
+      i0 = 0;
+      i1 = u_count;
+      return;
+    }
     double a0, a1, b0, b1;
     // x = cx + c u + s v,  y = cy - s u + c v
     solve_linear_band(c, cx + s * v, x0 - margin, x1 + margin, a0, a1);
