@@ -24,9 +24,11 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"runtime: torch {torch.__version__}, CUDA device: "
           f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'none'}")
     rows, ok = run_checks(_devices(args.device))
-    print(f"\n{'op':<12} {'device':<6} {'reference':<22} {'max error':>10} {'tolerance':>10}  result")
+    w_op = max([2] + [len(r[0]) for r in rows])
+    w_ref = max([9] + [len(r[2]) for r in rows])
+    print(f"\n{'op':<{w_op}} {'device':<6} {'reference':<{w_ref}} {'max error':>10} {'tolerance':>10}  result")
     for op, device, ref, err, tol, passed in rows:
-        print(f"{op:<12} {device:<6} {ref:<22} {err:>10.2e} {tol:>10.1e}  {'PASS' if passed else 'FAIL'}")
+        print(f"{op:<{w_op}} {device:<6} {ref:<{w_ref}} {err:>10.2e} {tol:>10.1e}  {'PASS' if passed else 'FAIL'}")
     print(f"\n{sum(r[-1] for r in rows)}/{len(rows)} checks passed")
     return 0 if ok else 1
 
