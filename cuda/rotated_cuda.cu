@@ -345,7 +345,7 @@ at::Tensor roi_align_rotated_forward_cuda(const at::Tensor& input, const at::Ten
   const c10::cuda::CUDAGuard guard(input.device());
   const bool cl = use_channels_last(input);
   const auto fmt = memory_format_for(cl);
-  auto output = at::empty({rois.size(0), input.size(1), pooled_height, pooled_width}, input.options(), fmt);
+  auto output = empty_pooled(input, rois.size(0), pooled_height, pooled_width, fmt);
   if (output.numel() == 0) return output;
   if (input.numel() == 0) return output.zero_();
   const auto in = input.contiguous(fmt);
@@ -376,9 +376,8 @@ at::Tensor roi_align_rotated_backward_cuda(const at::Tensor& grad, const at::Ten
   const c10::cuda::CUDAGuard guard(grad.device());
   const bool cl = use_channels_last(grad);
   const auto fmt = memory_format_for(cl);
-  const auto acc_type = at::toOpMathType(grad.scalar_type());
   const bool deterministic = at::globalContext().deterministicAlgorithms();
-  auto grad_acc = at::empty({batch_size, channels, height, width}, grad.options().dtype(acc_type), fmt).zero_();
+  auto grad_acc = zeroed_grad_accumulator(grad, batch_size, channels, height, width, fmt);
   if (grad.numel() != 0 && grad_acc.numel() != 0) {
     const auto g = grad.contiguous(fmt);
     const auto r = rois.contiguous();
@@ -406,7 +405,7 @@ at::Tensor roi_align_rotated_backward_cuda(const at::Tensor& grad, const at::Ten
           C10_CUDA_KERNEL_LAUNCH_CHECK();
         });
   }
-  return grad_acc.scalar_type() == grad.scalar_type() ? grad_acc : grad_acc.to(grad.scalar_type());
+  return as_grad_dtype(grad_acc, grad);
 }
 
 std::tuple<at::Tensor, at::Tensor> roi_pool_rotated_forward_cuda(const at::Tensor& input, const at::Tensor& rois,
@@ -416,9 +415,8 @@ std::tuple<at::Tensor, at::Tensor> roi_pool_rotated_forward_cuda(const at::Tenso
   const c10::cuda::CUDAGuard guard(input.device());
   const bool cl = use_channels_last(input);
   const auto fmt = memory_format_for(cl);
-  auto output = at::empty({rois.size(0), input.size(1), pooled_height, pooled_width}, input.options(), fmt);
-  auto argmax = at::empty({rois.size(0), input.size(1), pooled_height, pooled_width}, input.options().dtype(at::kLong),
-                          fmt);
+  auto output = empty_pooled(input, rois.size(0), pooled_height, pooled_width, fmt);
+  auto argmax = empty_pooled(input, rois.size(0), pooled_height, pooled_width, fmt, at::kLong);
   if (output.numel() == 0) return {output, argmax};
   if (input.numel() == 0) return {output.zero_(), argmax.fill_(-1)};
   const auto in = input.contiguous(fmt);
@@ -442,15 +440,12 @@ at::Tensor roi_pool_rotated_backward_cuda(const at::Tensor& grad, const at::Tens
                                           int64_t batch_size, int64_t channels, int64_t height, int64_t width) {
   check_rotated_roi_backward_args("_roi_pool_rotated_backward", grad, rois, pooled_height, pooled_width, batch_size,
                                   channels, height, width);
-  VISIONOPS_CHECK(argmax.sizes() == grad.sizes() && argmax.scalar_type() == at::kLong,
-              "_roi_pool_rotated_backward: argmax must be an int64 tensor shaped like grad, got ",
-              argmax.scalar_type(), " ", argmax.sizes());
+  check_argmax_like_grad("_roi_pool_rotated_backward", argmax, grad);
   const c10::cuda::CUDAGuard guard(grad.device());
   const bool cl = use_channels_last(argmax);
   const auto fmt = memory_format_for(cl);
-  const auto acc_type = at::toOpMathType(grad.scalar_type());
   const bool deterministic = at::globalContext().deterministicAlgorithms();
-  auto grad_acc = at::empty({batch_size, channels, height, width}, grad.options().dtype(acc_type), fmt).zero_();
+  auto grad_acc = zeroed_grad_accumulator(grad, batch_size, channels, height, width, fmt);
   if (grad.numel() != 0 && grad_acc.numel() != 0) {
     const auto g = grad.contiguous(fmt);
     const auto a = argmax.contiguous(fmt);
@@ -479,7 +474,7 @@ at::Tensor roi_pool_rotated_backward_cuda(const at::Tensor& grad, const at::Tens
           C10_CUDA_KERNEL_LAUNCH_CHECK();
         });
   }
-  return grad_acc.scalar_type() == grad.scalar_type() ? grad_acc : grad_acc.to(grad.scalar_type());
+  return as_grad_dtype(grad_acc, grad);
 }
 
 }  // namespace
