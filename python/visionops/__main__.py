@@ -1,4 +1,4 @@
-"""Command line: ``python -m visionops {check,bench,demo} ...``."""
+"""Command line: ``python -m visionops {check,bench,demo,train} ...``."""
 
 from __future__ import annotations
 
@@ -71,6 +71,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return status
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    import visionops.models  # noqa: F401  (registers the tasks)
+    from visionops.training import TASKS, train
+
+    if args.task not in TASKS:
+        print(f"unknown task {args.task!r}; choose from {sorted(TASKS)}", file=sys.stderr)
+        return 2
+    train(args.task, minutes=args.minutes, device=args.device, seed=args.seed, max_steps=args.max_steps)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m visionops", description="visionops command line")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -90,6 +101,14 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("demo", help="check, then a short benchmark")
     p.add_argument("--out", default=None, help="folder for the benchmark's .md and .png (default: none)")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("train", help="train a reference model on synthetic data and report its metric")
+    p.add_argument("task", help="crnn, stn, rare or rrpn")
+    p.add_argument("--minutes", type=float, default=10.0, help="time budget (default 10)")
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_train)
 
     args = parser.parse_args(argv)
     return args.func(args)

@@ -1,5 +1,5 @@
 """Reference networks built on visionops ops (MobileNet, ShuffleNet, Faster R-CNN
-heads, RRPN, CRNN+CTC, STN/RARE). None is implemented yet: see the README's
-"Not done yet" section."""
+heads, RRPN, CRNN+CTC, STN/RARE). Importing this package registers their
+training tasks with :mod:`visionops.training`."""
 
 __all__: list[str] = []
