@@ -92,4 +92,22 @@ TORCH_LIBRARY(visionops, m) {
   // rotated NMS (generic NMS of nms.h with the rotated IoU); same conventions as nms / batched_nms
   m.def("nms_rotated(Tensor boxes, Tensor scores, float iou_threshold) -> Tensor");
   m.def("batched_nms_rotated(Tensor boxes, Tensor scores, Tensor idxs, float iou_threshold) -> Tensor");
+
+  // ---- conv: F.conv2d and depthwise convolution (MobileNet). padding is
+  // (top, bottom, left, right); activation: 0 none, 1 relu, 2 relu6 (fused epilogue).
+  // depthwise weight [C * multiplier, 1, kH, kW].
+  m.def(
+      "depthwise_conv2d(Tensor input, Tensor weight, Tensor? bias, int[2] stride, int[4] padding, int[2] dilation, "
+      "int activation) -> Tensor");
+  // output: the forward result, needed when activation != 0. Returns (grad_input, grad_weight,
+  // grad_bias); an unwanted one (output_mask) is an empty tensor [0].
+  m.def(
+      "_depthwise_conv2d_backward(Tensor grad, Tensor input, Tensor weight, Tensor? output, int[2] stride, "
+      "int[4] padding, int[2] dilation, int activation, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "conv2d(Tensor input, Tensor weight, Tensor? bias, int[2] stride, int[4] padding, int[2] dilation, "
+      "int groups) -> Tensor");
+  m.def(
+      "_conv2d_backward(Tensor grad, Tensor input, Tensor weight, int[2] stride, int[4] padding, int[2] dilation, "
+      "int groups, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
 }

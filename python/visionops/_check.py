@@ -230,6 +230,7 @@ def all_checks() -> list[Check]:
         if run is not None:
             checks.append(Check(op, "torchvision", run, 1e-5))
     checks += sampling_checks()
+    checks += conv_checks()
     checks.append(Check("nms_fixed", "worked example, 4 ops", _nms_worked_example, 1e-6))
     checks.append(Check("nms_rotated", "worked example, 2 ops", _nms_rotated_worked_example, 0.0))
     for op in ("box_iou", "nms", "batched_nms"):
@@ -348,4 +349,42 @@ def sampling_checks() -> list[Check]:
         Check("tps_grid", "identity when source == target", _tps_identity, 1e-9),
         Check("tps_fit", "control points interpolated", _tps_interpolates, 1e-10),
         Check("tps_grid_sample", "grid_sample(tps_grid) (unfused)", _tps_fused_vs_unfused, 1e-6),
+    ]
+
+
+# ---------------------------------------------------------------- conv
+
+
+def _depthwise_ramp(device: str) -> float:
+    # a 3x3 mean filter reproduces a linear ramp exactly away from the border
+    x = _ramp(device)
+    out = ops.depthwise_conv2d(x, torch.full((1, 1, 3, 3), 1 / 9, dtype=torch.float64, device=device))
+    return (out - x[..., 1:-1, 1:-1]).abs().max().item()
+
+
+def _conv_vs_torch(depthwise: bool) -> Callable[[str], float]:
+    import torch.nn.functional as F
+
+    def run(device: str) -> float:
+        g = torch.Generator().manual_seed(5)
+        x = torch.randn(2, 16, 23, 29, generator=g).to(device)
+        if depthwise:
+            w, b = torch.randn(32, 1, 5, 5, generator=g).to(device) / 5, torch.randn(32, generator=g).to(device)
+            ours = ops.depthwise_conv2d(x, w, b, 2, 2, activation="relu6")
+            ref = F.relu6(F.conv2d(x, w, b, 2, 2, 1, 16))
+        else:
+            w, b = torch.randn(8, 8, 3, 3, generator=g).to(device) / 8, torch.randn(8, generator=g).to(device)
+            ours = ops.conv2d(x, w, b, 1, "same", 2, 2)
+            ref = F.conv2d(x, w, b, 1, "same", 2, 2)
+        return (ours - ref).abs().max().item()
+
+    return run
+
+
+def conv_checks() -> list[Check]:
+    return [
+        Check("depthwise_conv2d", "linear ramp, mean filter (exact)", _depthwise_ramp, 1e-12),
+        # float32, up to 25 / 72 products of O(1) values summed in another order
+        Check("depthwise_conv2d", "torch F.conv2d (groups=C) + relu6", _conv_vs_torch(True), 1e-4),
+        Check("conv2d", "torch F.conv2d (same, groups=2)", _conv_vs_torch(False), 1e-4),
     ]

@@ -12,7 +12,7 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-FAMILIES = ["roi", "boxes", "rotated", "ctc", "sampling"]
+FAMILIES = ["roi", "boxes", "rotated", "ctc", "sampling", "conv"]
 
 
 @dataclass

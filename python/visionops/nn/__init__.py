@@ -1,5 +1,6 @@
 """nn.Module wrappers of visionops ops."""
 
+from .conv import Conv2d, DepthwiseConv2d
 from .ctc import CTCLoss
 from .roi import MultiScaleRoIAlign, RoIAlign, RoIPool
 from .rotated import RoIAlignRotated, RoIPoolRotated
@@ -12,6 +13,8 @@ __all__ = [
     "RoIAlignRotated",
     "RoIPoolRotated",
     "CTCLoss",
+    "Conv2d",
+    "DepthwiseConv2d",
     "AffineGridSampler",
     "TPSGridSampler",
 ]

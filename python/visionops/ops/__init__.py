@@ -9,12 +9,14 @@ rotated        :func:`box_iou_rotated`, :func:`convert_rotated_boxes`,
                :func:`roi_align_rotated`, :func:`roi_pool_rotated`,
                :func:`nms_rotated`, :func:`batched_nms_rotated`
 ctc            :func:`ctc_loss`, :func:`ctc_greedy_decode`, :func:`ctc_beam_search_decode`
+conv           :func:`conv2d`, :func:`depthwise_conv2d`
 sampling       :func:`grid_sample`, :func:`affine_grid`, :func:`affine_grid_sample`,
                :func:`tps_fit`, :func:`tps_grid`, :func:`tps_grid_sample`
 =============  ===========================================================
 """
 
 from .boxes import batched_nms, box_iou, nms, nms_fixed
+from .conv import conv2d, depthwise_conv2d
 from .ctc import ctc_beam_search_decode, ctc_greedy_decode, ctc_loss
 from .roi import convert_boxes_to_rois, roi_align, roi_pool
 from .rotated import (
@@ -61,4 +63,6 @@ __all__ = [
     "tps_grid",
     "tps_grid_sample",
     "rare_fiducials",
+    "conv2d",
+    "depthwise_conv2d",
 ]

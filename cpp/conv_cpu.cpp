@@ -1,0 +1,549 @@
+// Convolution on the CPU: depthwise_conv2d (hand-written direct kernels,
+// conv_cpu_kernels.inc) and conv2d (our im2col / col2im + at::mm).
+//
+// Determinism: every task owns whole output (or grad_input) planes or rows, and
+// weight gradients are reduced from per-image (per-chunk) partial sums in a
+// fixed order, so results are bit-identical whatever the thread count.
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstring>
+#include <type_traits>
+#include <vector>
+
+#include "visionops/check.h"
+#include "visionops/conv.h"
+#include "visionops/conv_ops.h"
+
+// 32-byte GCC vectors in the generic (SSE2) variant: internal functions only, no ABI to keep
+#pragma GCC diagnostic ignored "-Wpsabi"
+
+namespace visionops {
+
+// ---------------------------------------------------------------- argument checks
+
+namespace {
+
+ConvGeometry check_common(const char* op, const at::Tensor& input, const at::Tensor& weight,
+                          const std::optional<at::Tensor>& bias, at::IntArrayRef stride, at::IntArrayRef padding,
+                          at::IntArrayRef dilation) {
+  VISIONOPS_CHECK(input.dim() == 4, op, ": input must be a 4-D tensor [N, C, H, W], got a ", input.dim(),
+                  "-D tensor");
+  VISIONOPS_CHECK(at::isFloatingType(input.scalar_type()), op, ": input must be a floating-point tensor, got ",
+                  input.scalar_type());
+  VISIONOPS_CHECK(weight.dim() == 4, op,
+                  ": weight must be a 4-D tensor [out_channels, in_channels / groups, kH, kW], got a ", weight.dim(),
+                  "-D tensor");
+  VISIONOPS_CHECK(weight.scalar_type() == input.scalar_type(), op, ": weight must have the same dtype as input (",
+                  input.scalar_type(), "), got ", weight.scalar_type());
+  VISIONOPS_CHECK(weight.device() == input.device(), op, ": weight must be on the same device as input (",
+                  input.device(), "), got ", weight.device());
+  VISIONOPS_CHECK(stride.size() == 2 && stride[0] > 0 && stride[1] > 0, op,
+                  ": stride must be a pair of positive ints, got ", stride);
+  VISIONOPS_CHECK(dilation.size() == 2 && dilation[0] > 0 && dilation[1] > 0, op,
+                  ": dilation must be a pair of positive ints, got ", dilation);
+  VISIONOPS_CHECK(padding.size() == 4 && padding[0] >= 0 && padding[1] >= 0 && padding[2] >= 0 && padding[3] >= 0,
+                  op, ": padding must be 4 non-negative ints (top, bottom, left, right), got ", padding);
+  VISIONOPS_CHECK(weight.size(2) > 0 && weight.size(3) > 0, op, ": weight's kernel size must be positive, got ",
+                  weight.sizes());
+  const int64_t OC = weight.size(0);
+  if (bias.has_value()) {
+    const auto& b = *bias;
+    VISIONOPS_CHECK(b.dim() == 1 && b.size(0) == OC, op, ": bias must be a 1-D tensor of out_channels (", OC,
+                    ") values, got shape ", b.sizes());
+    VISIONOPS_CHECK(b.scalar_type() == input.scalar_type(), op, ": bias must have the same dtype as input (",
+                    input.scalar_type(), "), got ", b.scalar_type());
+    VISIONOPS_CHECK(b.device() == input.device(), op, ": bias must be on the same device as input (", input.device(),
+                    "), got ", b.device());
+  }
+  ConvGeometry g{};
+  g.N = input.size(0);
+  g.C = input.size(1);
+  g.H = input.size(2);
+  g.W = input.size(3);
+  g.OC = OC;
+  g.KH = weight.size(2);
+  g.KW = weight.size(3);
+  g.sh = stride[0];
+  g.sw = stride[1];
+  g.pt = padding[0];
+  g.pb = padding[1];
+  g.pl = padding[2];
+  g.pr = padding[3];
+  g.dh = dilation[0];
+  g.dw = dilation[1];
+  g.OH = conv_output_size(g.H, g.pt, g.pb, g.KH, g.sh, g.dh);
+  g.OW = conv_output_size(g.W, g.pl, g.pr, g.KW, g.sw, g.dw);
+  VISIONOPS_CHECK(g.OH > 0 && g.OW > 0, op, ": kernel size (dilated: ", g.dh * (g.KH - 1) + 1, " x ",
+                  g.dw * (g.KW - 1) + 1, ") is larger than the padded input (", g.H + g.pt + g.pb, " x ",
+                  g.W + g.pl + g.pr, ")");
+  return g;
+}
+
+}  // namespace
+
+ConvGeometry check_depthwise_args(const char* op, const at::Tensor& input, const at::Tensor& weight,
+                                  const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                                  at::IntArrayRef padding, at::IntArrayRef dilation, int64_t activation) {
+  auto g = check_common(op, input, weight, bias, stride, padding, dilation);
+  VISIONOPS_CHECK(weight.size(1) == 1 && (g.C == 0 ? g.OC == 0 : g.OC % g.C == 0 && g.OC > 0), op,
+                  ": weight must have shape [C * multiplier, 1, kH, kW] for an input of C = ", g.C,
+                  " channels, got ", weight.sizes());
+  VISIONOPS_CHECK(activation >= 0 && activation <= 2, op,
+                  ": activation must be 0 (none), 1 (relu) or 2 (relu6), got ", activation);
+  g.groups = g.C;
+  g.m = g.C == 0 ? 1 : g.OC / g.C;
+  return g;
+}
+
+ConvGeometry check_conv2d_args(const char* op, const at::Tensor& input, const at::Tensor& weight,
+                               const std::optional<at::Tensor>& bias, at::IntArrayRef stride, at::IntArrayRef padding,
+                               at::IntArrayRef dilation, int64_t groups) {
+  auto g = check_common(op, input, weight, bias, stride, padding, dilation);
+  VISIONOPS_CHECK(groups > 0, op, ": groups must be positive, got ", groups);
+  VISIONOPS_CHECK(g.C % groups == 0, op, ": in_channels (", g.C, ") must be divisible by groups (", groups, ")");
+  VISIONOPS_CHECK(g.OC % groups == 0, op, ": out_channels (", g.OC, ") must be divisible by groups (", groups, ")");
+  VISIONOPS_CHECK(weight.size(1) * groups == g.C, op, ": weight.size(1) must be in_channels / groups = ",
+                  g.C / groups, " (input of ", g.C, " channels, groups = ", groups, "), got weight of shape ",
+                  weight.sizes());
+  g.groups = groups;
+  g.m = 1;
+  return g;
+}
+
+void check_conv_grad(const char* op, const at::Tensor& grad, const at::Tensor& input, const ConvGeometry& g) {
+  VISIONOPS_CHECK(grad.dim() == 4 && grad.size(0) == g.N && grad.size(1) == g.OC && grad.size(2) == g.OH &&
+                      grad.size(3) == g.OW,
+                  op, ": grad must have the output's shape [", g.N, ", ", g.OC, ", ", g.OH, ", ", g.OW, "], got ",
+                  grad.sizes());
+  VISIONOPS_CHECK(grad.scalar_type() == input.scalar_type() && grad.device() == input.device(), op,
+                  ": grad must have input's dtype and device");
+}
+
+// ---------------------------------------------------------------- kernel variants
+
+namespace conv_generic {
+#include "conv_cpu_kernels.inc"
+}  // namespace conv_generic
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define VISIONOPS_CONV_AVX2 1
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+namespace conv_avx2 {
+#include "conv_cpu_kernels.inc"
+}  // namespace conv_avx2
+#pragma GCC pop_options
+#else
+#define VISIONOPS_CONV_AVX2 0
+#endif
+
+namespace {
+
+bool cpu_has_avx2() {
+#if VISIONOPS_CONV_AVX2
+  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return has;
+#else
+  return false;
+#endif
+}
+
+// calls conv_avx2::fn or conv_generic::fn (same vector width: same results up to FMA contraction)
+#if VISIONOPS_CONV_AVX2
+#define VISIONOPS_CONV_KERNEL(fn, ...) (cpu_has_avx2() ? &conv_avx2::fn<__VA_ARGS__> : &conv_generic::fn<__VA_ARGS__>)
+#else
+#define VISIONOPS_CONV_KERNEL(fn, ...) (&conv_generic::fn<__VA_ARGS__>)
+#endif
+
+// ---------------------------------------------------------------- depthwise, NCHW
+
+template <typename scalar_t>
+void dw_forward_nchw(const ConvGeometry& g, const at::Tensor& input, const at::Tensor& weight,
+                     const std::optional<at::Tensor>& bias, int64_t act, at::Tensor& output) {
+  using T = at::opmath_type<scalar_t>;
+  const scalar_t* in = input.const_data_ptr<scalar_t>();
+  const scalar_t* w = weight.const_data_ptr<scalar_t>();
+  const scalar_t* b = bias.has_value() ? bias->const_data_ptr<scalar_t>() : nullptr;
+  scalar_t* out = output.mutable_data_ptr<scalar_t>();
+  const auto kernel = VISIONOPS_CONV_KERNEL(dw_forward_plane, T, scalar_t);
+  const int64_t scratch = conv_generic::forward_scratch<T>(g);
+  const int64_t KK = g.KH * g.KW, OHW = g.OH * g.OW;
+  at::parallel_for(0, g.N * g.C, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> buf(scratch);
+    for (int64_t nc = begin; nc < end; ++nc) {
+      const int64_t c = nc % g.C;
+      kernel(g, in + nc * g.H * g.W, w + c * g.m * KK, b ? b + c * g.m : nullptr, act, out + nc * g.m * OHW,
+             buf.data());
+    }
+  });
+}
+
+template <typename scalar_t>
+void dw_backward_nchw(const ConvGeometry& g, const at::Tensor& grad, const at::Tensor& input, const at::Tensor& weight,
+                      at::Tensor* grad_input, at::Tensor* grad_weight) {
+  using T = at::opmath_type<scalar_t>;
+  const scalar_t* in = input.const_data_ptr<scalar_t>();
+  const scalar_t* w = weight.const_data_ptr<scalar_t>();
+  const scalar_t* go = grad.const_data_ptr<scalar_t>();
+  scalar_t* gin = grad_input ? grad_input->mutable_data_ptr<scalar_t>() : nullptr;
+  const int64_t KK = g.KH * g.KW, OHW = g.OH * g.OW;
+  std::vector<T> partial(grad_weight ? g.N * g.OC * KK : 0);
+  const auto kernel = VISIONOPS_CONV_KERNEL(dw_backward_plane, T, scalar_t);
+  const int64_t scratch = conv_generic::backward_scratch<T>(g);
+  at::parallel_for(0, g.N * g.C, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> buf(scratch);
+    for (int64_t nc = begin; nc < end; ++nc) {
+      const int64_t n = nc / g.C, c = nc % g.C;
+      kernel(g, in + nc * g.H * g.W, go + nc * g.m * OHW, w + c * g.m * KK, gin ? gin + nc * g.H * g.W : nullptr,
+             grad_weight ? partial.data() + (n * g.OC + c * g.m) * KK : nullptr, buf.data());
+    }
+  });
+  if (!grad_weight) return;
+  scalar_t* gw = grad_weight->mutable_data_ptr<scalar_t>();
+  at::parallel_for(0, g.OC * KK, 256, [&](int64_t begin, int64_t end) {
+    for (int64_t k = begin; k < end; ++k) {
+      T sum = T(0);
+      for (int64_t n = 0; n < g.N; ++n) sum += partial[n * g.OC * KK + k];
+      gw[k] = static_cast<scalar_t>(sum);
+    }
+  });
+}
+
+// ---------------------------------------------------------------- depthwise, channels_last (multiplier 1)
+
+// weight [C, 1, KH, KW] -> [KH*KW][C] in the opmath type
+template <typename T>
+at::Tensor transposed_weight(const at::Tensor& weight) {
+  const auto acc = at::toOpMathType(weight.scalar_type());
+  return weight.reshape({weight.size(0), -1}).t().to(acc).contiguous();
+}
+
+template <typename scalar_t>
+void dw_forward_cl(const ConvGeometry& g, const at::Tensor& input, const at::Tensor& weight,
+                   const std::optional<at::Tensor>& bias, int64_t act, at::Tensor& output) {
+  using T = at::opmath_type<scalar_t>;
+  const at::Tensor wt = transposed_weight<T>(weight);
+  const at::Tensor bt = bias.has_value() ? bias->to(at::toOpMathType(bias->scalar_type())).contiguous() : at::Tensor();
+  const T* wp = wt.const_data_ptr<T>();
+  const T* bp = bias.has_value() ? bt.const_data_ptr<T>() : nullptr;
+  const scalar_t* in = input.const_data_ptr<scalar_t>();
+  scalar_t* out = output.mutable_data_ptr<scalar_t>();
+  const auto kernel = VISIONOPS_CONV_KERNEL(dw_forward_cl_row, T, scalar_t);
+  at::parallel_for(0, g.N * g.OH, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t n = r / g.OH, oh = r % g.OH;
+      kernel(g, in + n * g.H * g.W * g.C, wp, bp, act, oh, out + r * g.OW * g.OC);
+    }
+  });
+}
+
+template <typename scalar_t>
+void dw_backward_cl(const ConvGeometry& g, const at::Tensor& grad, const at::Tensor& input, const at::Tensor& weight,
+                    at::Tensor* grad_input, at::Tensor* grad_weight) {
+  using T = at::opmath_type<scalar_t>;
+  const scalar_t* in = input.const_data_ptr<scalar_t>();
+  const scalar_t* go = grad.const_data_ptr<scalar_t>();
+  const int64_t C = g.OC, KK = g.KH * g.KW;
+  if (grad_input) {
+    const at::Tensor wt = transposed_weight<T>(weight);
+    const T* wp = wt.const_data_ptr<T>();
+    scalar_t* gin = grad_input->mutable_data_ptr<scalar_t>();
+    const auto kernel = VISIONOPS_CONV_KERNEL(dw_grad_input_cl_row, T, scalar_t);
+    at::parallel_for(0, g.N * g.H, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const int64_t n = r / g.H, ih = r % g.H;
+        kernel(g, go + n * g.OH * g.OW * C, wp, ih, gin + r * g.W * C);
+      }
+    });
+  }
+  if (!grad_weight) return;
+  // fixed chunking (a function of the shape only): deterministic partial sums
+  const int64_t chunks = std::min<int64_t>(g.OH, std::max<int64_t>(1, (16 + g.N - 1) / g.N));
+  const int64_t rows = (g.OH + chunks - 1) / chunks;
+  const int64_t parts = g.N * chunks;
+  std::vector<T> partial(parts * KK * C, T(0));
+  const auto kernel = VISIONOPS_CONV_KERNEL(dw_grad_weight_cl_rows, T, scalar_t);
+  at::parallel_for(0, parts, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      const int64_t n = p / chunks, oh0 = (p % chunks) * rows, oh1 = std::min(g.OH, oh0 + rows);
+      if (oh0 >= oh1) continue;
+      kernel(g, in + n * g.H * g.W * C, go + n * g.OH * g.OW * C, oh0, oh1, partial.data() + p * KK * C);
+    }
+  });
+  scalar_t* gw = grad_weight->mutable_data_ptr<scalar_t>();  // [C][KK]
+  at::parallel_for(0, C * KK, 256, [&](int64_t begin, int64_t end) {
+    for (int64_t k = begin; k < end; ++k) {
+      const int64_t c = k / KK, t = k % KK;
+      T sum = T(0);
+      for (int64_t p = 0; p < parts; ++p) sum += partial[(p * KK + t) * C + c];
+      gw[k] = static_cast<scalar_t>(sum);
+    }
+  });
+}
+
+// channels_last with multiplier m > 1: input channel c feeds outputs c*m .. c*m+m-1;
+// repeating each input channel m times turns it into multiplier 1 over C*m channels.
+at::Tensor repeat_channels(const at::Tensor& input, int64_t m) {
+  return input.repeat_interleave(m, 1).contiguous(at::MemoryFormat::ChannelsLast);
+}
+
+ConvGeometry expanded(ConvGeometry g) {
+  g.C = g.OC;
+  g.groups = g.OC;
+  g.m = 1;
+  return g;
+}
+
+// ---------------------------------------------------------------- depthwise entry points
+
+at::Tensor depthwise_conv2d_cpu(const at::Tensor& input, const at::Tensor& weight,
+                                const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                                at::IntArrayRef padding, at::IntArrayRef dilation, int64_t activation) {
+  const auto g = check_depthwise_args("depthwise_conv2d", input, weight, bias, stride, padding, dilation, activation);
+  const bool cl = conv_channels_last(input);
+  auto output = at::empty({g.N, g.OC, g.OH, g.OW}, input.options(), conv_memory_format(cl));
+  if (output.numel() == 0) return output;
+  const auto w = weight.contiguous();
+  const auto b = bias.has_value() ? std::optional<at::Tensor>(bias->contiguous()) : std::nullopt;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "depthwise_conv2d_cpu", [&] {
+    if (cl) {
+      const auto in = g.m == 1 ? input.contiguous(at::MemoryFormat::ChannelsLast) : repeat_channels(input, g.m);
+      dw_forward_cl<scalar_t>(g.m == 1 ? g : expanded(g), in, w, b, activation, output);
+    } else {
+      dw_forward_nchw<scalar_t>(g, input.contiguous(), w, b, activation, output);
+    }
+  });
+  return output;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> depthwise_conv2d_backward_cpu(
+    const at::Tensor& grad, const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& output,
+    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t activation,
+    std::array<bool, 3> output_mask) {
+  const char* op = "_depthwise_conv2d_backward";
+  const auto g = check_depthwise_args(op, input, weight, std::nullopt, stride, padding, dilation, activation);
+  check_conv_grad(op, grad, input, g);
+  VISIONOPS_CHECK(activation == kActNone || (output.has_value() && output->sizes() == grad.sizes()), op,
+                  ": output (the forward result) is needed to differentiate through the activation");
+  const bool cl = conv_channels_last(input);
+  const auto fmt = conv_memory_format(cl);
+  const auto go = grad_through_activation(grad, output, activation).contiguous(fmt);
+  at::Tensor gi = output_mask[0] ? at::zeros_like(input, fmt) : unwanted_grad(input);
+  at::Tensor gw = output_mask[1] ? at::zeros_like(weight, at::MemoryFormat::Contiguous) : unwanted_grad(weight);
+  at::Tensor gb = output_mask[2] ? conv_bias_grad(go) : unwanted_grad(weight);
+  if (go.numel() == 0 || input.numel() == 0 || !(output_mask[0] || output_mask[1])) return {gi, gw, gb};
+  const auto w = weight.contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "depthwise_conv2d_backward_cpu", [&] {
+    if (cl && g.m > 1) {
+      const auto in = repeat_channels(input, g.m);
+      at::Tensor gi_expanded = output_mask[0] ? at::empty_like(in) : at::Tensor();
+      dw_backward_cl<scalar_t>(expanded(g), go, in, w, output_mask[0] ? &gi_expanded : nullptr,
+                               output_mask[1] ? &gw : nullptr);
+      if (output_mask[0]) {
+        // [N, H, W, C * m] -> sum over m -> [N, H, W, C] viewed as channels_last NCHW
+        const auto nhwc = gi_expanded.permute({0, 2, 3, 1}).reshape({g.N, g.H, g.W, g.C, g.m});
+        const auto acc = at::toOpMathType(input.scalar_type());
+        gi.permute({0, 2, 3, 1}).copy_(nhwc.sum(4, false, acc));
+      }
+    } else if (cl) {
+      dw_backward_cl<scalar_t>(g, go, input.contiguous(fmt), w, output_mask[0] ? &gi : nullptr,
+                               output_mask[1] ? &gw : nullptr);
+    } else {
+      dw_backward_nchw<scalar_t>(g, go, input.contiguous(), w, output_mask[0] ? &gi : nullptr,
+                                 output_mask[1] ? &gw : nullptr);
+    }
+  });
+  return {gi, gw, gb};
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------- conv2d: im2col + GEMM, shared by both devices
+
+// cols [Cg * KH * KW, OH * OW] of channels [c0, c0 + Cg) of one image (NCHW, contiguous)
+template <typename scalar_t>
+void im2col_cpu_impl(const scalar_t* img, const ConvGeometry& g, int64_t Cg, scalar_t* cols) {
+  const int64_t KK = g.KH * g.KW, OHW = g.OH * g.OW;
+  at::parallel_for(0, Cg * KK, 4, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t c = row / KK, i = (row % KK) / g.KW, j = row % g.KW;
+      const scalar_t* plane = img + c * g.H * g.W;
+      scalar_t* dst = cols + row * OHW;
+      for (int64_t oh = 0; oh < g.OH; ++oh) {
+        const int64_t ih = oh * g.sh - g.pt + i * g.dh;
+        scalar_t* d = dst + oh * g.OW;
+        if (ih < 0 || ih >= g.H) {
+          std::fill(d, d + g.OW, scalar_t(0));
+          continue;
+        }
+        const scalar_t* src = plane + ih * g.W;
+        for (int64_t ow = 0; ow < g.OW; ++ow) {
+          const int64_t iw = ow * g.sw - g.pl + j * g.dw;
+          d[ow] = iw >= 0 && iw < g.W ? src[iw] : scalar_t(0);
+        }
+      }
+    }
+  });
+}
+
+// img[c] = sum of the columns' contributions; each task owns whole channel planes (no races)
+template <typename scalar_t>
+void col2im_cpu_impl(const scalar_t* cols, const ConvGeometry& g, int64_t Cg, scalar_t* img) {
+  using T = at::opmath_type<scalar_t>;
+  const int64_t KK = g.KH * g.KW, OHW = g.OH * g.OW;
+  at::parallel_for(0, Cg, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> acc(g.H * g.W);
+    for (int64_t c = begin; c < end; ++c) {
+      std::fill(acc.begin(), acc.end(), T(0));
+      for (int64_t t = 0; t < KK; ++t) {
+        const int64_t i = t / g.KW, j = t % g.KW;
+        const scalar_t* src = cols + (c * KK + t) * OHW;
+        for (int64_t oh = 0; oh < g.OH; ++oh) {
+          const int64_t ih = oh * g.sh - g.pt + i * g.dh;
+          if (ih < 0 || ih >= g.H) continue;
+          T* row = acc.data() + ih * g.W;
+          for (int64_t ow = 0; ow < g.OW; ++ow) {
+            const int64_t iw = ow * g.sw - g.pl + j * g.dw;
+            if (iw >= 0 && iw < g.W) row[iw] += static_cast<T>(src[oh * g.OW + ow]);
+          }
+        }
+      }
+      scalar_t* plane = img + c * g.H * g.W;
+      for (int64_t k = 0; k < g.H * g.W; ++k) plane[k] = static_cast<scalar_t>(acc[k]);
+    }
+  });
+}
+
+void im2col_cpu(const at::Tensor& img, const ConvGeometry& g, at::Tensor& cols) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, img.scalar_type(), "im2col_cpu", [&] {
+    im2col_cpu_impl<scalar_t>(img.const_data_ptr<scalar_t>(), g, img.size(0), cols.mutable_data_ptr<scalar_t>());
+  });
+}
+
+void col2im_cpu(const at::Tensor& cols, const ConvGeometry& g, at::Tensor& img) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, cols.scalar_type(), "col2im_cpu", [&] {
+    col2im_cpu_impl<scalar_t>(cols.const_data_ptr<scalar_t>(), g, img.size(0), img.mutable_data_ptr<scalar_t>());
+  });
+}
+
+namespace {
+
+// 1x1, stride 1, no padding: the image itself is the column matrix
+bool is_pointwise(const ConvGeometry& g) {
+  return g.KH == 1 && g.KW == 1 && g.sh == 1 && g.sw == 1 && g.pt == 0 && g.pb == 0 && g.pl == 0 && g.pr == 0;
+}
+
+}  // namespace
+
+at::Tensor conv2d_gemm_forward(const at::Tensor& input_, const at::Tensor& weight_, const std::optional<at::Tensor>& bias,
+                               const ConvGeometry& g, Im2ColFn im2col) {
+  const bool cl = conv_channels_last(input_);
+  auto output = at::empty({g.N, g.OC, g.OH, g.OW}, input_.options());
+  if (output.numel() == 0) return output.contiguous(conv_memory_format(cl));
+  const auto input = input_.contiguous();
+  const int64_t G = g.groups, Cg = g.C / G, OCg = g.OC / G, K = Cg * g.KH * g.KW, OHW = g.OH * g.OW;
+  const auto w = weight_.contiguous().view({G, OCg, K});
+  const bool pointwise = is_pointwise(g);
+  at::Tensor cols = pointwise ? at::Tensor() : at::empty({K, OHW}, input.options());
+  for (int64_t n = 0; n < g.N; ++n) {
+    for (int64_t gr = 0; gr < G; ++gr) {
+      const auto img = input[n].narrow(0, gr * Cg, Cg);
+      if (pointwise) {
+        cols = img.reshape({Cg, OHW});
+      } else if (K > 0) {
+        im2col(img, g, cols);
+      } else {
+        cols = at::zeros({0, OHW}, input.options());
+      }
+      auto out = output[n].narrow(0, gr * OCg, OCg).view({OCg, OHW});
+      if (bias.has_value()) {
+        at::addmm_out(out, bias->narrow(0, gr * OCg, OCg).unsqueeze(1), w[gr], cols);
+      } else {
+        at::mm_out(out, w[gr], cols);
+      }
+    }
+  }
+  return cl ? output.contiguous(at::MemoryFormat::ChannelsLast) : output;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_gemm_backward(const at::Tensor& grad_, const at::Tensor& input_,
+                                                                    const at::Tensor& weight_, const ConvGeometry& g,
+                                                                    std::array<bool, 3> output_mask, Im2ColFn im2col,
+                                                                    Im2ColFn col2im) {
+  const bool cl = conv_channels_last(input_);
+  const auto fmt = conv_memory_format(cl);
+  const int64_t G = g.groups, Cg = g.C / G, OCg = g.OC / G, K = Cg * g.KH * g.KW, OHW = g.OH * g.OW;
+  const auto acc_type = at::toOpMathType(input_.scalar_type());
+  at::Tensor gi = output_mask[0] ? at::zeros({g.N, g.C, g.H, g.W}, input_.options()) : unwanted_grad(input_);
+  // the weight gradient sums over the batch: accumulate in opmath (float for 16-bit)
+  at::Tensor gw_acc = output_mask[1] ? at::zeros({G, OCg, K}, weight_.options().dtype(acc_type)) : at::Tensor();
+  at::Tensor gb = output_mask[2] ? conv_bias_grad(grad_) : unwanted_grad(weight_);
+  const bool work = grad_.numel() > 0 && input_.numel() > 0 && K > 0 && (output_mask[0] || output_mask[1]);
+  if (work) {
+    const auto input = input_.contiguous();
+    const auto grad = grad_.contiguous();
+    const auto w = weight_.contiguous().view({G, OCg, K});
+    const bool pointwise = is_pointwise(g);
+    at::Tensor cols = at::empty({K, OHW}, input.options());
+    at::Tensor gcols = at::empty({K, OHW}, input.options());
+    for (int64_t n = 0; n < g.N; ++n) {
+      for (int64_t gr = 0; gr < G; ++gr) {
+        const auto go = grad[n].narrow(0, gr * OCg, OCg).view({OCg, OHW});
+        if (output_mask[0]) {
+          auto gimg = gi[n].narrow(0, gr * Cg, Cg);
+          if (pointwise) {
+            auto flat = gimg.view({Cg, OHW});
+            at::mm_out(flat, w[gr].t(), go);
+          } else {
+            at::mm_out(gcols, w[gr].t(), go);
+            col2im(gcols, g, gimg);
+          }
+        }
+        if (output_mask[1]) {
+          const auto img = input[n].narrow(0, gr * Cg, Cg);
+          if (pointwise) {
+            cols = img.reshape({Cg, OHW});
+          } else {
+            im2col(img, g, cols);
+          }
+          gw_acc[gr].add_(at::mm(go, cols.t()).to(acc_type));
+        }
+      }
+    }
+  }
+  at::Tensor gw = output_mask[1] ? gw_acc.view(weight_.sizes()).to(weight_.scalar_type()) : unwanted_grad(weight_);
+  if (output_mask[0] && cl) gi = gi.contiguous(fmt);
+  return {gi, gw, gb};
+}
+
+namespace {
+
+at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                      at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+  const auto g = check_conv2d_args("conv2d", input, weight, bias, stride, padding, dilation, groups);
+  return conv2d_gemm_forward(input, weight, bias, g, &im2col_cpu);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(const at::Tensor& grad, const at::Tensor& input,
+                                                                   const at::Tensor& weight, at::IntArrayRef stride,
+                                                                   at::IntArrayRef padding, at::IntArrayRef dilation,
+                                                                   int64_t groups, std::array<bool, 3> output_mask) {
+  const auto g = check_conv2d_args("_conv2d_backward", input, weight, std::nullopt, stride, padding, dilation, groups);
+  check_conv_grad("_conv2d_backward", grad, input, g);
+  return conv2d_gemm_backward(grad, input, weight, g, output_mask, &im2col_cpu, &col2im_cpu);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(visionops, CPU, m) {
+  m.impl("depthwise_conv2d", &depthwise_conv2d_cpu);
+  m.impl("_depthwise_conv2d_backward", &depthwise_conv2d_backward_cpu);
+  m.impl("conv2d", &conv2d_cpu);
+  m.impl("_conv2d_backward", &conv2d_backward_cpu);
+}
+
+}  // namespace visionops

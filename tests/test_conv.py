@@ -1,0 +1,554 @@
+"""conv family: conv2d and depthwise_conv2d against torch.nn.functional.conv2d."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import DEVICES, HAS_CUDA
+from hypothesis import given
+from hypothesis import strategies as st
+
+from visionops import nn as vnn
+from visionops import ops
+
+# float32: both sides sum the same <= 9*9*4 = 324 products of O(1) values in a
+# different order (torch: oneDNN / GEMM blocking, ours: taps in order with FMA);
+# the rounding difference is a few ulp of the partial sums, ~1e-6 relative to
+# sum(|terms|) <= ~100, so 1e-4 leaves a wide margin while still catching a
+# wrong tap (an error of O(1)).
+FP32_TOL = dict(rtol=1e-4, atol=1e-4)
+# float64: same argument with eps 1e-16
+FP64_TOL = dict(rtol=1e-10, atol=1e-10)
+
+
+def _span(k, d):
+    return d * (k - 1) + 1
+
+
+@st.composite
+def conv_cases(draw, depthwise_only=False, max_k=9):
+    """A random valid F.conv2d configuration."""
+    kind = "depthwise" if depthwise_only else draw(st.sampled_from(["dense", "depthwise", "grouped"]))
+    if kind == "dense":
+        groups, cin, cout = 1, draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    elif kind == "depthwise":
+        cin = draw(st.integers(1, 6))
+        groups, cout = cin, cin * draw(st.integers(1, 3))
+    else:
+        groups = draw(st.sampled_from([2, 3]))
+        cin, cout = groups * draw(st.integers(1, 2)), groups * draw(st.integers(1, 2))
+    kh, kw = draw(st.integers(1, max_k)), draw(st.integers(1, max_k))
+    sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    dh, dw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    mode = draw(st.sampled_from(["int", "pair", "same", "valid"]))
+    if mode == "same":
+        sh = sw = 1
+        padding, pads = "same", (0, 0)
+    elif mode == "valid":
+        padding, pads = "valid", (0, 0)
+    elif mode == "int":
+        p = draw(st.integers(0, 4))
+        padding, pads = p, (p, p)
+    else:
+        pads = (draw(st.integers(0, 4)), draw(st.integers(0, 4)))
+        padding = pads
+    # input at least as large as the dilated kernel minus the padding (odd sizes welcome)
+    h = max(1, _span(kh, dh) - 2 * pads[0]) + draw(st.integers(0, 7))
+    w = max(1, _span(kw, dw) - 2 * pads[1]) + draw(st.integers(0, 7))
+    return dict(
+        n=draw(st.sampled_from([0, 1, 2])),
+        cin=cin,
+        cout=cout,
+        groups=groups,
+        k=(kh, kw),
+        stride=(sh, sw),
+        dilation=(dh, dw),
+        padding=padding,
+        h=h,
+        w=w,
+        bias=draw(st.booleans()),
+        channels_last=draw(st.booleans()),
+        seed=draw(st.integers(0, 2**31 - 1)),
+    )
+
+
+def make_tensors(case, dtype=torch.float32, device="cpu"):
+    g = torch.Generator().manual_seed(case["seed"])
+    x = torch.randn(case["n"], case["cin"], case["h"], case["w"], generator=g, dtype=torch.float64)
+    w = torch.randn(case["cout"], case["cin"] // case["groups"], *case["k"], generator=g, dtype=torch.float64)
+    b = torch.randn(case["cout"], generator=g, dtype=torch.float64) if case["bias"] else None
+    x, w = x.to(device=device, dtype=dtype), w.to(device=device, dtype=dtype)
+    b = b.to(device=device, dtype=dtype) if b is not None else None
+    if case["channels_last"]:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, w, b
+
+
+def conv_args(case):
+    return dict(stride=case["stride"], padding=case["padding"], dilation=case["dilation"])
+
+
+def run_both(fn_ours, fn_ref, tensors, grad_seed=0):
+    """Forward and all gradients of both functions on the same inputs."""
+    ours_in = [t.detach().clone().requires_grad_(True) if t is not None else None for t in tensors]
+    ref_in = [t.detach().clone().requires_grad_(True) if t is not None else None for t in tensors]
+    out, ref = fn_ours(*ours_in), fn_ref(*ref_in)
+    g = torch.randn(ref.shape, generator=torch.Generator().manual_seed(grad_seed), dtype=torch.float64)
+    g = g.to(device=ref.device, dtype=ref.dtype)
+    out.backward(g)
+    ref.backward(g)
+    grads = [(a.grad, b.grad) for a, b in zip(ours_in, ref_in) if a is not None]
+    return out, ref, grads
+
+
+def expected_format(x):
+    cl = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    return torch.channels_last if cl else torch.contiguous_format
+
+
+# ---------------------------------------------------------------- against F.conv2d
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@given(case=conv_cases())
+def test_conv2d_matches_torch(device, case):
+    x, w, b = make_tensors(case, device=device)
+    args = conv_args(case)
+    out, ref, grads = run_both(
+        lambda x, w, b: ops.conv2d(x, w, b, groups=case["groups"], **args),
+        lambda x, w, b: F.conv2d(x, w, b, groups=case["groups"], **args),
+        (x, w, b),
+    )
+    assert out.shape == ref.shape
+    torch.testing.assert_close(out, ref, **FP32_TOL)
+    assert out.is_contiguous(memory_format=expected_format(x))
+    for ours, theirs in grads:
+        torch.testing.assert_close(ours, theirs, **FP32_TOL)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@given(case=conv_cases(depthwise_only=True), activation=st.sampled_from([None, "relu", "relu6"]))
+def test_depthwise_matches_torch(device, case, activation):
+    x, w, b = make_tensors(case, device=device)
+    if activation == "relu6":
+        x = x * 4  # make outputs reach both sides of (0, 6)
+    args = conv_args(case)
+    act = {None: lambda t: t, "relu": F.relu, "relu6": F.relu6}[activation]
+    out, ref, grads = run_both(
+        lambda x, w, b: ops.depthwise_conv2d(x, w, b, activation=activation, **args),
+        lambda x, w, b: act(F.conv2d(x, w, b, groups=case["cin"], **args)),
+        (x, w, b),
+    )
+    torch.testing.assert_close(out, ref, **FP32_TOL)
+    assert out.is_contiguous(memory_format=expected_format(x))
+    for ours, theirs in grads:
+        torch.testing.assert_close(ours, theirs, **FP32_TOL)
+
+
+@given(case=conv_cases(max_k=5))
+def test_float64_matches_torch_float64(case):
+    x, w, b = make_tensors(case, dtype=torch.float64)
+    args = conv_args(case)
+    out, ref, grads = run_both(
+        lambda x, w, b: ops.conv2d(x, w, b, groups=case["groups"], **args),
+        lambda x, w, b: F.conv2d(x, w, b, groups=case["groups"], **args),
+        (x, w, b),
+    )
+    torch.testing.assert_close(out, ref, **FP64_TOL)
+    for ours, theirs in grads:
+        torch.testing.assert_close(ours, theirs, **FP64_TOL)
+
+
+# sizes that exercise every CPU code path: 4/2/1-vector row blocks and their
+# tails (NCHW), channel vectors plus a scalar channel tail (channels_last: 20 =
+# 16 + 4), strides 1 and 2, large kernels, multiplier 2
+MOBILE_SHAPES = [
+    # (n, c, h, w, k, stride, padding, multiplier)
+    (2, 20, 37, 45, 3, 1, 1, 1),
+    (2, 20, 37, 45, 3, 2, 1, 1),
+    (1, 16, 30, 71, 5, 1, 2, 1),
+    (1, 8, 29, 29, 7, 2, 3, 2),
+    (1, 12, 28, 28, 13, 1, 6, 1),
+    (3, 5, 14, 14, 3, 1, 0, 3),
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("shape", MOBILE_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_depthwise_mobile_sizes(device, channels_last, shape):
+    n, c, h, w, k, s, p, m = shape
+    case = dict(n=n, cin=c, cout=c * m, groups=c, k=(k, k), stride=(s, s), dilation=(1, 1), padding=p, h=h, w=w,
+                bias=True, channels_last=channels_last, seed=sum(shape))
+    x, wt, b = make_tensors(case, device=device)
+    out, ref, grads = run_both(
+        lambda x, w, b: ops.depthwise_conv2d(x, w, b, s, p, activation="relu6"),
+        lambda x, w, b: F.relu6(F.conv2d(x, w, b, s, p, groups=c)),
+        (x, wt, b),
+    )
+    torch.testing.assert_close(out, ref, **FP32_TOL)
+    assert out.is_contiguous(memory_format=expected_format(x))
+    for ours, theirs in grads:
+        # weight gradients sum N*OH*OW ~ 3000 products: scale the tolerance by sqrt(3000 / 300)
+        torch.testing.assert_close(ours, theirs, rtol=3e-4, atol=3e-4)
+
+
+def test_conv2d_routes_depthwise_and_keeps_semantics():
+    # groups == C with weight [C*m, 1, k, k] runs the depthwise kernel: same result as the dense path
+    x = torch.randn(2, 6, 11, 9)
+    w = torch.randn(12, 1, 3, 3)
+    out = ops.conv2d(x, w, None, 2, "valid", 1, groups=6)
+    torch.testing.assert_close(out, ops.depthwise_conv2d(x, w, None, 2, 0), rtol=0, atol=0)
+    torch.testing.assert_close(out, F.conv2d(x, w, None, 2, "valid", 1, 6), **FP32_TOL)
+
+
+def test_unbatched_input_like_torch():
+    x, w = torch.randn(3, 8, 8), torch.randn(4, 3, 3, 3)
+    torch.testing.assert_close(ops.conv2d(x, w, padding=1), F.conv2d(x, w, padding=1), **FP32_TOL)
+
+
+# ---------------------------------------------------------------- gradcheck, opcheck, compile
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(
+    "activation,stride,multiplier,channels_last",
+    [(None, 1, 1, False), ("relu", 2, 2, False), ("relu6", 1, 2, True), (None, 2, 1, True)],
+)
+def test_depthwise_gradcheck(device, activation, stride, multiplier, channels_last):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 3, 7, 6, generator=g, dtype=torch.float64).to(device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    w = torch.randn(3 * multiplier, 1, 3, 2, generator=g, dtype=torch.float64).to(device)
+    b = torch.randn(3 * multiplier, generator=g, dtype=torch.float64).to(device)
+    if activation == "relu6":
+        x = x * 3
+    inputs = tuple(t.requires_grad_(True) for t in (x, w, b))
+    # finite differences stay away from the activation's kinks with these random values
+    assert torch.autograd.gradcheck(
+        lambda x, w, b: ops.depthwise_conv2d(x, w, b, stride, (1, 2), (2, 1), activation), inputs, eps=1e-6
+    )
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("groups,padding,stride", [(1, 1, 1), (2, "same", 1), (1, (0, 2), 2)])
+def test_conv2d_gradcheck(device, groups, padding, stride):
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 4, 6, 7, generator=g, dtype=torch.float64).to(device).requires_grad_(True)
+    w = torch.randn(6, 4 // groups, 2, 3, generator=g, dtype=torch.float64).to(device).requires_grad_(True)
+    b = torch.randn(6, generator=g, dtype=torch.float64).to(device).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda x, w, b: ops.conv2d(x, w, b, stride, padding, (1, 2), groups), (x, w, b))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_opcheck(device, channels_last):
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 4, 9, 8, generator=g).to(device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    wd = torch.randn(8, 1, 3, 3, generator=g).to(device).requires_grad_(True)
+    wc = torch.randn(6, 2, 3, 3, generator=g).to(device).requires_grad_(True)
+    b8 = torch.randn(8, generator=g).to(device).requires_grad_(True)
+    b6 = torch.randn(6, generator=g).to(device).requires_grad_(True)
+    pad = [1, 2, 0, 1]
+    torch.library.opcheck(torch.ops.visionops.depthwise_conv2d.default, (x, wd, b8, [2, 1], pad, [1, 2], 2))
+    torch.library.opcheck(torch.ops.visionops.depthwise_conv2d.default, (x, wd, None, [1, 1], pad, [1, 1], 0))
+    torch.library.opcheck(torch.ops.visionops.conv2d.default, (x, wc, b6, [2, 1], pad, [1, 2], 2))
+    xd = x.detach()
+    out = torch.ops.visionops.depthwise_conv2d(xd, wd.detach(), b8.detach(), [2, 1], pad, [1, 2], 2)
+    grad = torch.randn_like(out)
+    torch.library.opcheck(
+        torch.ops.visionops._depthwise_conv2d_backward.default,
+        (grad, xd, wd.detach(), out, [2, 1], pad, [1, 2], 2, [True, True, True]),
+    )
+    out = torch.ops.visionops.conv2d(xd, wc.detach(), None, [2, 1], pad, [1, 2], 2)
+    torch.library.opcheck(
+        torch.ops.visionops._conv2d_backward.default,
+        (torch.randn_like(out), xd, wc.detach(), [2, 1], pad, [1, 2], 2, [True, False, True]),
+    )
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_torch_compile_fullgraph(device):
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 4, 10, 10, generator=g).to(device)
+    wd, bd = torch.randn(8, 1, 3, 3, generator=g).to(device), torch.randn(8, generator=g).to(device)
+    wc = torch.randn(5, 8, 1, 1, generator=g).to(device)
+
+    def f(t, wd, wc):
+        y = ops.depthwise_conv2d(t, wd, bd, 1, "same", activation="relu6")
+        return ops.conv2d(y, wc, None, 1, 0).square().sum()
+
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager" if device == "cpu" else "inductor")
+    ins1 = [t.clone().requires_grad_(True) for t in (x, wd, wc)]
+    ins2 = [t.clone().requires_grad_(True) for t in (x, wd, wc)]
+    f(*ins1).backward()
+    compiled(*ins2).backward()
+    for a, b in zip(ins1, ins2):
+        torch.testing.assert_close(a.grad, b.grad)
+
+
+@pytest.mark.slow
+def test_torch_compile_inductor_cpu():
+    x, w = torch.randn(1, 3, 8, 8), torch.randn(3, 1, 5, 5)
+    compiled = torch.compile(lambda t, w: ops.depthwise_conv2d(t, w, padding=2) * 2, fullgraph=True)
+    torch.testing.assert_close(compiled(x, w), ops.depthwise_conv2d(x, w, padding=2) * 2)
+
+
+# ---------------------------------------------------------------- 16-bit, autocast, determinism
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype,tol", [(torch.float16, 4e-3), (torch.bfloat16, 3e-2)])
+@pytest.mark.parametrize("op", ["depthwise", "conv2d"])
+def test_half_precision_matches_float32(device, dtype, tol, op):
+    # Inputs are rounded to 16 bits first and the float32 reference runs on the
+    # same values; accumulation is in float32, so what is left is rounding the
+    # result once: 2^-11 (fp16) / 2^-8 (bf16) relative. Values here are O(1..10),
+    # hence an absolute margin of a few units of that rounding. (For conv2d the
+    # GEMM library itself may round partial sums to 16 bits; still well inside.)
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 8, 17, 19, generator=g).to(device=device, dtype=dtype)
+    if op == "depthwise":
+        w = (torch.randn(16, 1, 5, 5, generator=g) / 5).to(device=device, dtype=dtype)
+        fn = lambda x, w, b: ops.depthwise_conv2d(x, w, b, 1, 2, activation="relu")  # noqa: E731
+    else:
+        w = (torch.randn(16, 4, 3, 3, generator=g) / 6).to(device=device, dtype=dtype)
+        fn = lambda x, w, b: ops.conv2d(x, w, b, 2, 1, groups=2)  # noqa: E731
+    b = torch.randn(16, generator=g).to(device=device, dtype=dtype)
+    low = [t.clone().requires_grad_(True) for t in (x, w, b)]
+    high = [t.detach().float().requires_grad_(True) for t in (x, w, b)]
+    out, ref = fn(*low), fn(*high)
+    assert out.dtype == dtype
+    torch.testing.assert_close(out.float(), ref, rtol=tol, atol=tol)
+    grad = torch.randn(ref.shape, generator=g).to(device=device, dtype=dtype)
+    out.backward(grad)
+    ref.backward(grad.float())
+    for a, r in zip(low, high):
+        assert a.grad.dtype == dtype
+        # weight/bias gradients sum ~600 products: relative to their magnitude
+        scale = r.grad.abs().max().item()
+        torch.testing.assert_close(a.grad.float(), r.grad, rtol=tol, atol=tol * max(1.0, scale))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_autocast_runs_in_lower_precision_like_torch(device):
+    x, w = torch.randn(1, 4, 8, 8, device=device), torch.randn(4, 1, 3, 3, device=device)
+    low = torch.bfloat16
+    with torch.autocast(device_type=device, dtype=low):
+        ours = ops.depthwise_conv2d(x, w, padding=1)
+        theirs = F.conv2d(x, w, padding=1, groups=4)
+        dense = ops.conv2d(x, torch.randn(2, 4, 3, 3, device=device))
+    assert ours.dtype == theirs.dtype == dense.dtype == low
+    torch.testing.assert_close(ours, ops.depthwise_conv2d(x.to(low), w.to(low), padding=1))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("op", ["depthwise", "conv2d"])
+def test_deterministic_backward_is_bit_identical(device, channels_last, op):
+    if device == "cuda" and op == "conv2d":
+        pytest.skip("cuBLAS under deterministic mode needs CUBLAS_WORKSPACE_CONFIG set before CUDA starts")
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(8, 32, 20, 20, generator=g).to(device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    if op == "depthwise":
+        w = torch.randn(64, 1, 5, 5, generator=g).to(device)
+        fn = lambda x, w: ops.depthwise_conv2d(x, w, None, 2, 2, activation="relu")  # noqa: E731
+    else:
+        w = torch.randn(16, 16, 3, 3, generator=g).to(device)
+        fn = lambda x, w: ops.conv2d(x, w, None, 1, 1, groups=2)  # noqa: E731
+
+    def grads():
+        xs, ws = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
+        out = fn(xs, ws)
+        out.backward(torch.ones_like(out))
+        return xs.grad, ws.grad
+
+    free = grads()
+    torch.use_deterministic_algorithms(True)
+    first, second = grads(), grads()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        single = grads()
+    finally:
+        torch.set_num_threads(threads)
+    for a, b, c, d in zip(first, second, single, free):
+        assert torch.equal(a, b) and torch.equal(a, c)
+        torch.testing.assert_close(a, d, **FP32_TOL)
+
+
+# ---------------------------------------------------------------- edge cases and bad input
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_empty_batch_and_channels(device, channels_last):
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(0, 4, 6, 6, device=device).contiguous(memory_format=fmt).requires_grad_(True)
+    w = torch.randn(8, 1, 3, 3, device=device, requires_grad=True)
+    b = torch.randn(8, device=device, requires_grad=True)
+    out = ops.depthwise_conv2d(x, w, b, padding=1)
+    assert out.shape == (0, 8, 6, 6)
+    out.sum().backward()
+    assert x.grad.shape == x.shape and (w.grad == 0).all() and (b.grad == 0).all()
+    wc = torch.randn(3, 2, 3, 3, device=device, requires_grad=True)
+    out = ops.conv2d(x, wc, None, 1, 1, groups=2)
+    assert out.shape == (0, 3, 6, 6)
+    out.sum().backward()
+    assert (wc.grad == 0).all()
+    # zero output channels
+    assert ops.conv2d(torch.randn(2, 4, 5, 5, device=device), torch.randn(0, 4, 3, 3, device=device)).shape == (
+        2, 0, 3, 3)
+
+
+def test_padding_only_input_gives_bias():
+    # a 0-width input padded to the kernel size: every output reads only zeros
+    x = torch.randn(1, 2, 3, 0)
+    w, b = torch.randn(2, 1, 3, 3), torch.tensor([1.5, -2.0])
+    out = ops.depthwise_conv2d(x, w, b, 1, (1, 2))
+    ref = F.conv2d(x, w, b, 1, (1, 2), groups=2)
+    torch.testing.assert_close(out, ref)
+
+
+BAD_INPUTS = [
+    # (description, op, kwargs override, exception, message fragment)
+    ("input 2-D", "conv2d", dict(input=torch.randn(5, 5)), RuntimeError, "input must be a 4-D"),
+    ("input 5-D", "depthwise", dict(input=torch.randn(1, 1, 4, 5, 5)), RuntimeError, "input must be a 4-D"),
+    ("input integer", "conv2d", dict(input=torch.ones(1, 4, 5, 5, dtype=torch.int64)), RuntimeError, "floating-point"),
+    ("input not a tensor", "conv2d", dict(input=[[1.0]]), TypeError, "input must be a torch.Tensor"),
+    ("weight 3-D", "conv2d", dict(weight=torch.randn(4, 3, 3)), RuntimeError, "weight must be a 4-D"),
+    ("weight float64", "conv2d", dict(weight=torch.randn(4, 4, 3, 3, dtype=torch.float64)), RuntimeError,
+     "weight must have the same dtype"),
+    ("channel mismatch", "conv2d", dict(weight=torch.randn(4, 3, 3, 3)), RuntimeError,
+     "weight.size(1) must be in_channels / groups"),
+    ("groups do not divide C", "conv2d", dict(groups=3), RuntimeError, "in_channels (4) must be divisible by groups"),
+    ("groups do not divide OC", "conv2d", dict(weight=torch.randn(3, 2, 3, 3), groups=2), RuntimeError,
+     "out_channels (3) must be divisible by groups"),
+    ("groups 0", "conv2d", dict(groups=0), RuntimeError, "groups must be positive"),
+    ("depthwise weight not [C*m, 1]", "depthwise", dict(weight=torch.randn(4, 2, 3, 3)), RuntimeError,
+     "weight must have shape [C * multiplier, 1, kH, kW]"),
+    ("depthwise multiplier not integral", "depthwise", dict(weight=torch.randn(6, 1, 3, 3)), RuntimeError,
+     "weight must have shape [C * multiplier, 1, kH, kW]"),
+    ("kernel larger than padded input", "conv2d", dict(weight=torch.randn(4, 4, 7, 7)), RuntimeError,
+     "is larger than the padded input"),
+    ("dilated kernel too large", "depthwise", dict(dilation=3), RuntimeError, "is larger than the padded input"),
+    ("stride 0", "conv2d", dict(stride=0), ValueError, "stride must be positive"),
+    ("stride negative pair", "depthwise", dict(stride=(1, -2)), ValueError, "stride must be positive"),
+    ("dilation 0", "conv2d", dict(dilation=0), ValueError, "dilation must be positive"),
+    ("padding negative", "conv2d", dict(padding=-1), ValueError, "padding must be non-negative"),
+    ("padding bad string", "conv2d", dict(padding="full"), ValueError, "padding must be an int, a pair"),
+    ("same with stride", "depthwise", dict(padding="same", stride=2), ValueError, "not supported for strided"),
+    ("stride float", "conv2d", dict(stride=1.5), TypeError, "stride must be an int or a pair"),
+    ("bias wrong size", "conv2d", dict(bias=torch.randn(3)), RuntimeError, "bias must be a 1-D tensor of out_channels"),
+    ("activation unknown", "depthwise", dict(activation="gelu"), ValueError, "activation must be None"),
+]
+
+
+@pytest.mark.parametrize("desc,op,override,exc,message", BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
+def test_bad_input_raises_clear_error(desc, op, override, exc, message):
+    kwargs = dict(input=torch.randn(1, 4, 5, 5), weight=torch.randn(4, 1 if op == "depthwise" else 4, 3, 3))
+    kwargs.update(override)
+    fn = ops.depthwise_conv2d if op == "depthwise" else ops.conv2d
+    with pytest.raises(exc, match=message.replace("[", r"\[").replace("]", r"\]").replace("(", r"\(").replace(
+            ")", r"\)").replace("*", r"\*")):
+        fn(**kwargs)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device")
+def test_weight_on_another_device_raises():
+    with pytest.raises(RuntimeError, match="weight must be on the same device"):
+        ops.depthwise_conv2d(torch.randn(1, 2, 4, 4, device="cuda"), torch.randn(2, 1, 3, 3))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device")
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_cuda_matches_cpu_on_mobilenet_sizes(channels_last):
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(8, 144, 56, 56, generator=g)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    w, b = torch.randn(144, 1, 7, 7, generator=g) / 7, torch.randn(144, generator=g)
+    cpu = [t.clone().requires_grad_(True) for t in (x, w, b)]
+    gpu = [t.cuda().requires_grad_(True) for t in (x, w, b)]
+    out_c = ops.depthwise_conv2d(*cpu, 2, 3, activation="relu6")
+    out_g = ops.depthwise_conv2d(*gpu, 2, 3, activation="relu6")
+    torch.testing.assert_close(out_g.cpu(), out_c, **FP32_TOL)
+    grad = torch.randn(out_c.shape, generator=g)
+    out_c.backward(grad)
+    out_g.backward(grad.cuda())
+    for a, r in zip(gpu, cpu):
+        scale = max(1.0, r.grad.abs().max().item())
+        torch.testing.assert_close(a.grad.cpu(), r.grad, rtol=1e-4, atol=1e-4 * scale)
+
+
+# ---------------------------------------------------------------- modules
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_modules_match_torch_modules_with_same_state_dict(device):
+    torch.manual_seed(8)
+    ref = torch.nn.Conv2d(6, 9, (3, 2), stride=2, padding=(1, 0), dilation=(1, 2), groups=3).to(device)
+    ours = vnn.Conv2d(6, 9, (3, 2), stride=2, padding=(1, 0), dilation=(1, 2), groups=3).to(device)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 6, 11, 12, device=device)
+    torch.testing.assert_close(ours(x), ref(x), **FP32_TOL)
+
+    ref_dw = torch.nn.Conv2d(6, 12, 5, stride=1, padding="same", groups=6).to(device)
+    dw = vnn.DepthwiseConv2d(6, 5, padding="same", channel_multiplier=2, activation="relu6").to(device)
+    assert {k: v.shape for k, v in dw.state_dict().items()} == {k: v.shape for k, v in ref_dw.state_dict().items()}
+    dw.load_state_dict(ref_dw.state_dict())
+    torch.testing.assert_close(dw(x), F.relu6(ref_dw(x)), **FP32_TOL)
+    assert "activation='relu6'" in repr(dw) and "channel_multiplier=2" in repr(dw)
+    with pytest.raises(ValueError, match="activation must be None"):
+        vnn.DepthwiseConv2d(4, 3, activation="tanh")
+
+
+def test_models_layers_are_the_visionops_modules():
+    from visionops.models import _layers
+
+    assert _layers.Conv2d is vnn.Conv2d and _layers.DepthwiseConv2d is vnn.DepthwiseConv2d
+
+
+def toy_mobilenet_v1():
+    """The toy MobileNetV1 of SEED_NOTES (28x28x1 input, 10 classes), from visionops modules."""
+    relu = torch.nn.ReLU
+    return torch.nn.Sequential(
+        vnn.Conv2d(1, 32, 3, stride=2, padding=1), relu(),
+        vnn.DepthwiseConv2d(32, 3, padding=1, activation="relu"),
+        vnn.Conv2d(32, 64, 1), relu(),
+        vnn.DepthwiseConv2d(64, 3, padding=1, activation="relu"),
+        vnn.Conv2d(64, 128, 1), relu(),
+        vnn.DepthwiseConv2d(128, 3, stride=2, padding=1, activation="relu"),
+        vnn.Conv2d(128, 128, 1), relu(),
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+        torch.nn.BatchNorm1d(128),
+        torch.nn.Linear(128, 128), relu(),
+        torch.nn.BatchNorm1d(128),
+        torch.nn.Linear(128, 10),
+    )
+
+
+def test_toy_mobilenet_v1_parameter_counts():
+    model = toy_mobilenet_v1()
+    # SEED_NOTES, layer by layer (trainable parameters; BN also holds 256 running statistics)
+    expected = [320, 320, 2112, 640, 8320, 1280, 16512, 256, 16512, 256, 1290]
+    counts = [sum(p.numel() for p in m.parameters()) for m in model if any(True for _ in m.parameters())]
+    assert counts == expected
+    assert sum(p.numel() for p in model.parameters()) == 47818
+    buffers = sum(b.numel() for b in model.buffers() if b.is_floating_point())
+    assert sum(p.numel() for p in model.parameters()) + buffers == 48330
+    # plain 3x3 convolutions instead of the depthwise-separable pairs: 259,082 (SEED_NOTES)
+    dense = [vnn.Conv2d(1, 32, 3), vnn.Conv2d(32, 64, 3), vnn.Conv2d(64, 128, 3), vnn.Conv2d(128, 128, 3)]
+    head = 512 + 16512 + 512 + 1290  # BN counted with its running statistics, as the notes do
+    assert sum(p.numel() for m in dense for p in m.parameters()) + head == 259082
+    model.eval()
+    assert model(torch.randn(3, 1, 28, 28)).shape == (3, 10)
