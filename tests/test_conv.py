@@ -12,6 +12,9 @@ from hypothesis import strategies as st
 from visionops import nn as vnn
 from visionops import ops
 
+# torch warns that it copies the input for padding="same" with even kernels
+pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same'")
+
 # float32: both sides sum the same <= 9*9*4 = 324 products of O(1) values in a
 # different order (torch: oneDNN / GEMM blocking, ours: taps in order with FMA);
 # the rounding difference is a few ulp of the partial sums, ~1e-6 relative to
@@ -380,8 +383,13 @@ def test_deterministic_backward_is_bit_identical(device, channels_last, op):
     finally:
         torch.set_num_threads(threads)
     for a, b, c, d in zip(first, second, single, free):
-        assert torch.equal(a, b) and torch.equal(a, c)
+        assert torch.equal(a, b)
+        # our depthwise kernels also give the same bits on any thread count; conv2d's
+        # GEMM (the CPU BLAS) may block its sums by thread count
+        if op == "depthwise":
+            assert torch.equal(a, c)
         torch.testing.assert_close(a, d, **FP32_TOL)
+        torch.testing.assert_close(a, c, **FP32_TOL)
 
 
 # ---------------------------------------------------------------- edge cases and bad input
@@ -398,9 +406,9 @@ def test_empty_batch_and_channels(device, channels_last):
     assert out.shape == (0, 8, 6, 6)
     out.sum().backward()
     assert x.grad.shape == x.shape and (w.grad == 0).all() and (b.grad == 0).all()
-    wc = torch.randn(3, 2, 3, 3, device=device, requires_grad=True)
+    wc = torch.randn(4, 2, 3, 3, device=device, requires_grad=True)
     out = ops.conv2d(x, wc, None, 1, 1, groups=2)
-    assert out.shape == (0, 3, 6, 6)
+    assert out.shape == (0, 4, 6, 6)
     out.sum().backward()
     assert (wc.grad == 0).all()
     # zero output channels
@@ -409,12 +417,14 @@ def test_empty_batch_and_channels(device, channels_last):
 
 
 def test_padding_only_input_gives_bias():
-    # a 0-width input padded to the kernel size: every output reads only zeros
+    # a 0-width input padded to the kernel size: every output reads only zeros,
+    # so it equals the bias (F.conv2d refuses such inputs; the padded map is [3, 4])
     x = torch.randn(1, 2, 3, 0)
     w, b = torch.randn(2, 1, 3, 3), torch.tensor([1.5, -2.0])
     out = ops.depthwise_conv2d(x, w, b, 1, (1, 2))
-    ref = F.conv2d(x, w, b, 1, (1, 2), groups=2)
-    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(out, b.view(1, 2, 1, 1).expand(1, 2, 3, 2), rtol=0, atol=0)
+    out = ops.conv2d(x, w.view(1, 2, 3, 3), b[:1], 1, (1, 2))
+    torch.testing.assert_close(out, b[:1].view(1, 1, 1, 1).expand(1, 1, 3, 2), rtol=0, atol=0)
 
 
 BAD_INPUTS = [

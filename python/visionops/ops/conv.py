@@ -200,7 +200,7 @@ def _output_shape(input: Tensor, weight: Tensor, stride, padding, dilation) -> t
 
 def _output_like(input, weight, stride, padding, dilation):
     shape = _output_shape(input, weight, stride, padding, dilation)
-    return input.new_empty(shape, memory_format=memory_format_of(input))
+    return torch.empty(shape, dtype=input.dtype, device=input.device, memory_format=memory_format_of(input))
 
 
 @torch.library.register_fake("visionops::depthwise_conv2d")
