@@ -125,6 +125,7 @@ void check_conv_grad(const char* op, const at::Tensor& grad, const at::Tensor& i
 
 // ---------------------------------------------------------------- kernel variants
 
+#define VISIONOPS_VEC_BYTES 32
 namespace conv_generic {
 #include "conv_cpu_kernels.inc"
 }  // namespace conv_generic
@@ -137,9 +138,20 @@ namespace conv_avx2 {
 #include "conv_cpu_kernels.inc"
 }  // namespace conv_avx2
 #pragma GCC pop_options
+// AVX-512 (16 floats a vector) for the channels_last kernels, whose vectors run
+// along channels; NCHW rows of 7..56 pixels are better served by 8-float vectors.
+#undef VISIONOPS_VEC_BYTES
+#define VISIONOPS_VEC_BYTES 64
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")
+namespace conv_avx512 {
+#include "conv_cpu_kernels.inc"
+}  // namespace conv_avx512
+#pragma GCC pop_options
 #else
 #define VISIONOPS_CONV_AVX2 0
 #endif
+#undef VISIONOPS_VEC_BYTES
 
 namespace {
 
@@ -152,11 +164,26 @@ bool cpu_has_avx2() {
 #endif
 }
 
-// calls conv_avx2::fn or conv_generic::fn (same vector width: same results up to FMA contraction)
+bool cpu_has_avx512() {
+#if VISIONOPS_CONV_AVX2
+  static const bool has = cpu_has_avx2() && __builtin_cpu_supports("avx512f") &&
+                          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw") &&
+                          __builtin_cpu_supports("avx512dq");
+  return has;
+#else
+  return false;
+#endif
+}
+
+// the best variant of a kernel for this CPU (results differ between variants
+// only by FMA contraction and summation blocking; one machine always runs one)
 #if VISIONOPS_CONV_AVX2
 #define VISIONOPS_CONV_KERNEL(fn, ...) (cpu_has_avx2() ? &conv_avx2::fn<__VA_ARGS__> : &conv_generic::fn<__VA_ARGS__>)
+#define VISIONOPS_CONV_KERNEL_WIDE(fn, ...) \
+  (cpu_has_avx512() ? &conv_avx512::fn<__VA_ARGS__> : VISIONOPS_CONV_KERNEL(fn, __VA_ARGS__))
 #else
 #define VISIONOPS_CONV_KERNEL(fn, ...) (&conv_generic::fn<__VA_ARGS__>)
+#define VISIONOPS_CONV_KERNEL_WIDE(fn, ...) (&conv_generic::fn<__VA_ARGS__>)
 #endif
 
 // ---------------------------------------------------------------- depthwise, NCHW
@@ -232,7 +259,7 @@ void dw_forward_cl(const ConvGeometry& g, const at::Tensor& input, const at::Ten
   const T* bp = bias.has_value() ? bt.const_data_ptr<T>() : nullptr;
   const scalar_t* in = input.const_data_ptr<scalar_t>();
   scalar_t* out = output.mutable_data_ptr<scalar_t>();
-  const auto kernel = VISIONOPS_CONV_KERNEL(dw_forward_cl_row, T, scalar_t);
+  const auto kernel = VISIONOPS_CONV_KERNEL_WIDE(dw_forward_cl_row, T, scalar_t);
   at::parallel_for(0, g.N * g.OH, 1, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const int64_t n = r / g.OH, oh = r % g.OH;
@@ -252,7 +279,7 @@ void dw_backward_cl(const ConvGeometry& g, const at::Tensor& grad, const at::Ten
     const at::Tensor wt = transposed_weight<T>(weight);
     const T* wp = wt.const_data_ptr<T>();
     scalar_t* gin = grad_input->mutable_data_ptr<scalar_t>();
-    const auto kernel = VISIONOPS_CONV_KERNEL(dw_grad_input_cl_row, T, scalar_t);
+    const auto kernel = VISIONOPS_CONV_KERNEL_WIDE(dw_grad_input_cl_row, T, scalar_t);
     at::parallel_for(0, g.N * g.H, 1, [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
         const int64_t n = r / g.H, ih = r % g.H;
@@ -266,7 +293,7 @@ void dw_backward_cl(const ConvGeometry& g, const at::Tensor& grad, const at::Ten
   const int64_t rows = (g.OH + chunks - 1) / chunks;
   const int64_t parts = g.N * chunks;
   std::vector<T> partial(parts * KK * C, T(0));
-  const auto kernel = VISIONOPS_CONV_KERNEL(dw_grad_weight_cl_rows, T, scalar_t);
+  const auto kernel = VISIONOPS_CONV_KERNEL_WIDE(dw_grad_weight_cl_rows, T, scalar_t);
   at::parallel_for(0, parts, 1, [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p) {
       const int64_t n = p / chunks, oh0 = (p % chunks) * rows, oh1 = std::min(g.OH, oh0 + rows);
