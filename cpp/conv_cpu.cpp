@@ -7,6 +7,7 @@
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <c10/util/SmallVector.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -327,6 +328,11 @@ ConvGeometry expanded(ConvGeometry g) {
 
 // ---------------------------------------------------------------- depthwise entry points
 
+// NCHW planes narrower than two 8-float vectors waste lanes and pay per-plane
+// setup for few outputs: such layers (MobileNet's 14x14 and 7x7 stages) run the
+// channels_last kernels on a transposed copy instead.
+bool small_planes(const ConvGeometry& g) { return g.m == 1 && g.OW < 16 && g.C >= 8; }
+
 at::Tensor depthwise_conv2d_cpu(const at::Tensor& input, const at::Tensor& weight,
                                 const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
                                 at::IntArrayRef padding, at::IntArrayRef dilation, int64_t activation) {
@@ -340,6 +346,10 @@ at::Tensor depthwise_conv2d_cpu(const at::Tensor& input, const at::Tensor& weigh
     if (cl) {
       const auto in = g.m == 1 ? input.contiguous(at::MemoryFormat::ChannelsLast) : repeat_channels(input, g.m);
       dw_forward_cl<scalar_t>(g.m == 1 ? g : expanded(g), in, w, b, activation, output);
+    } else if (small_planes(g)) {
+      auto out_cl = at::empty_like(output, at::MemoryFormat::ChannelsLast);
+      dw_forward_cl<scalar_t>(g, input.contiguous(at::MemoryFormat::ChannelsLast), w, b, activation, out_cl);
+      output.copy_(out_cl);
     } else {
       dw_forward_nchw<scalar_t>(g, input.contiguous(), w, b, activation, output);
     }
@@ -379,6 +389,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> depthwise_conv2d_backward_cpu(
     } else if (cl) {
       dw_backward_cl<scalar_t>(g, go, input.contiguous(fmt), w, output_mask[0] ? &gi : nullptr,
                                output_mask[1] ? &gw : nullptr);
+    } else if (small_planes(g)) {
+      const auto cl_fmt = at::MemoryFormat::ChannelsLast;
+      at::Tensor gi_cl = output_mask[0] ? at::empty_like(input, cl_fmt) : at::Tensor();
+      dw_backward_cl<scalar_t>(g, go.contiguous(cl_fmt), input.contiguous(cl_fmt), w,
+                               output_mask[0] ? &gi_cl : nullptr, output_mask[1] ? &gw : nullptr);
+      if (output_mask[0]) gi.copy_(gi_cl);
     } else {
       dw_backward_nchw<scalar_t>(g, go, input.contiguous(), w, output_mask[0] ? &gi : nullptr,
                                  output_mask[1] ? &gw : nullptr);
