@@ -333,6 +333,7 @@ ConvGeometry expanded(ConvGeometry g) {
 // channels_last kernels on a transposed copy instead.
 bool small_planes(const ConvGeometry& g) { return g.m == 1 && g.OW < 16 && g.C >= 8; }
 
+
 at::Tensor depthwise_conv2d_cpu(const at::Tensor& input, const at::Tensor& weight,
                                 const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
                                 at::IntArrayRef padding, at::IntArrayRef dilation, int64_t activation) {

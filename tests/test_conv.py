@@ -177,6 +177,7 @@ MOBILE_SHAPES = [
     # NCHW planes narrower than 16 run the channels_last kernels on a transposed copy
     (2, 24, 14, 14, 3, 1, 1, 1),
     (2, 16, 13, 13, 3, 2, 1, 1),
+    (1, 8, 40, 41, 5, 2, 2, 1),
 ]
 
 
