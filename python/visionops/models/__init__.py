@@ -3,3 +3,26 @@ heads, RRPN, CRNN+CTC, STN/RARE). Importing this package registers their
 training tasks with :mod:`visionops.training`."""
 
 __all__: list[str] = []
+
+# --- classification backbones and detection (issue 8: backbones, Faster/Mask R-CNN) ---
+from .backbones import (  # noqa: E402
+    MobileNetV1,
+    MobileNetV2,
+    ShuffleNetV2,
+    channel_shuffle,
+    load_torchvision_weights,
+    mobilenet_v1,
+    mobilenet_v2,
+    shufflenet_v2,
+)
+
+__all__ += [
+    "MobileNetV1",
+    "MobileNetV2",
+    "ShuffleNetV2",
+    "channel_shuffle",
+    "load_torchvision_weights",
+    "mobilenet_v1",
+    "mobilenet_v2",
+    "shufflenet_v2",
+]
