@@ -15,6 +15,16 @@ from .backbones import (  # noqa: E402
     mobilenet_v2,
     shufflenet_v2,
 )
+from .detection import (  # noqa: E402
+    FastRCNNHead,
+    decode_boxes,
+    encode_boxes,
+    generate_anchors,
+    grid_anchors,
+    match_proposals,
+    use_torchvision,
+    use_visionops,
+)
 
 __all__ += [
     "MobileNetV1",
@@ -25,4 +35,12 @@ __all__ += [
     "mobilenet_v1",
     "mobilenet_v2",
     "shufflenet_v2",
+    "FastRCNNHead",
+    "decode_boxes",
+    "encode_boxes",
+    "generate_anchors",
+    "grid_anchors",
+    "match_proposals",
+    "use_torchvision",
+    "use_visionops",
 ]
