@@ -226,3 +226,210 @@ def test_use_visionops_rejects_other_models():
         use_visionops(nn.Linear(2, 2))
     with pytest.raises(TypeError, match="use_torchvision"):
         use_torchvision(torchvision.models.mobilenet_v2(weights=None))
+
+
+# ---------------------------------------------------------------- box coding and anchors
+
+from torchvision.models.detection._utils import BoxCoder  # noqa: E402
+from torchvision.models.detection.anchor_utils import AnchorGenerator  # noqa: E402
+from torchvision.models.detection.image_list import ImageList  # noqa: E402
+
+from visionops.data.boxes import random_boxes  # noqa: E402
+
+WEIGHTS = [(1.0, 1.0, 1.0, 1.0), (10.0, 10.0, 5.0, 5.0)]
+
+
+def _box_pairs(n, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (random_boxes(n, (200, 300), min_size=2, max_size=150, generator=g, dtype=dtype),
+            random_boxes(n, (200, 300), min_size=2, max_size=150, generator=g, dtype=dtype))
+
+
+@pytest.mark.parametrize("weights", WEIGHTS)
+def test_encode_decode_round_trip(weights):
+    boxes, anchors = _box_pairs(500, torch.float64)
+    deltas = encode_boxes(boxes, anchors, weights)
+    # float64: the round trip is exact up to rounding (1e-12 px on boxes of a few hundred px)
+    torch.testing.assert_close(decode_boxes(deltas, anchors, weights), boxes, rtol=0, atol=1e-9)
+    assert decode_boxes(deltas[:0], anchors[:0], weights).shape == (0, 4)
+
+
+@pytest.mark.parametrize("weights", WEIGHTS)
+def test_encode_boxes_equals_torchvision_box_coder(weights):
+    boxes, anchors = _box_pairs(300)
+    expected = BoxCoder(weights).encode_single(boxes, anchors)
+    # same float32 formula; 1e-6 absolute on deltas of order 1-10 covers a different rounding order
+    torch.testing.assert_close(encode_boxes(boxes, anchors, weights), expected, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("weights", WEIGHTS)
+def test_decode_boxes_equals_torchvision_box_coder_with_clamp(weights):
+    _, anchors = _box_pairs(300)
+    g = torch.Generator().manual_seed(1)
+    # 3 deltas per anchor (per-class regression); the large ones hit the log(1000/16) clamp of dw, dh
+    deltas = torch.randn(300, 12, generator=g) * torch.tensor([1.0, 1.0, 8.0, 8.0] * 3) * torch.tensor(weights * 3)
+    expected = BoxCoder(weights).decode_single(deltas, anchors)
+    actual = decode_boxes(deltas, anchors, weights)
+    assert actual.shape == (300, 12)
+    assert torch.isfinite(actual).all()
+    # boxes up to 150 * 62.5 px wide: float32 relative error a few 1e-7
+    torch.testing.assert_close(actual, expected, rtol=2e-6, atol=1e-3)
+
+
+def test_box_coding_rejects_bad_shapes():
+    b = torch.zeros(3, 4)
+    with pytest.raises(ValueError, match="encode_boxes"):
+        encode_boxes(b, torch.zeros(2, 4))
+    with pytest.raises(ValueError, match="decode_boxes"):
+        decode_boxes(torch.zeros(3, 6), b)
+    with pytest.raises(ValueError, match="decode_boxes"):
+        decode_boxes(torch.zeros(3, 4, dtype=torch.int64), b)
+
+
+@pytest.mark.parametrize("ratios,scales", [((0.5, 1.0, 2.0), (2.0, 4.0, 8.0)), ((1.0,), (1.0, 3.0)),
+                                           ((0.2, 0.5, 1.0, 3.0), (1.5, 5.0))])
+def test_generate_anchors_area_and_ratio(ratios, scales):
+    a = generate_anchors(16, ratios, scales, rounded=False, dtype=torch.float64)
+    w, h = a[:, 2] - a[:, 0], a[:, 3] - a[:, 1]
+    expected_r = torch.tensor(ratios, dtype=torch.float64).repeat_interleave(len(scales))
+    expected_size = 16 * torch.tensor(scales, dtype=torch.float64).repeat(len(ratios))
+    torch.testing.assert_close(w * h, expected_size**2)
+    torch.testing.assert_close(h / w, expected_r)
+    torch.testing.assert_close((a[:, :2] + a[:, 2:]) / 2, torch.zeros(len(a), 2, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("ratios,scales", [((0.5, 1.0, 2.0), (2.0, 4.0, 8.0)), ((0.25, 1.0, 3.0), (1.0, 2.5))])
+def test_anchors_equal_torchvision_anchor_generator(ratios, scales):
+    # two pyramid levels (strides 8 and 16) of an image batch padded to 96 x 128
+    sizes = tuple(tuple(s * base for s in scales) for base in (8, 16))
+    generator = AnchorGenerator(sizes, (ratios, ratios))
+    images = ImageList(torch.zeros(2, 3, 96, 128), [(96, 128), (90, 120)])
+    features = [torch.zeros(2, 4, 12, 16), torch.zeros(2, 4, 6, 8)]
+    expected = generator(images, features)
+    ours = torch.cat([grid_anchors(generate_anchors(base, ratios, scales), f.shape[-2:], base)
+                      for base, f in zip((8, 16), features)])
+    assert len(expected) == 2
+    for e in expected:
+        torch.testing.assert_close(ours, e, rtol=0, atol=0)
+
+
+def test_grid_anchors_offset_and_rectangular_stride():
+    base = torch.tensor([[-2.0, -1.0, 2.0, 1.0]])
+    a = grid_anchors(base, (2, 3), (10, 20), offset=0.5)
+    centres = (a[:, :2] + a[:, 2:]) / 2
+    expected = torch.tensor([[(j + 0.5) * 20, (i + 0.5) * 10] for i in range(2) for j in range(3)])
+    torch.testing.assert_close(centres, expected, rtol=0, atol=0)
+
+
+def test_match_proposals_thresholds_and_targets():
+    g = torch.Generator().manual_seed(2)
+    gt = random_boxes(4, (100, 100), min_size=20, max_size=50, generator=g)
+    gt_labels = torch.tensor([1, 2, 3, 1])
+    jitter = gt.repeat(10, 1) + 6 * torch.randn(40, 4, generator=g)
+    proposals = torch.cat([jitter, random_boxes(60, (100, 100), min_size=5, max_size=60, generator=g)])
+    labels, targets = match_proposals(proposals, gt, gt_labels)
+    iou, best = torchvision.ops.box_iou(gt, proposals).max(0)  # independent IoU
+    expected = torch.where(iou >= 0.5, gt_labels[best], torch.where(iou >= 0.1, 0, -1))
+    torch.testing.assert_close(labels, expected, rtol=0, atol=0)
+    assert {-1, 0, 1, 2, 3} <= set(labels.tolist())
+    torch.testing.assert_close(targets, BoxCoder((10.0, 10.0, 5.0, 5.0)).encode_single(gt[best], proposals))
+    labels, targets = match_proposals(proposals, gt[:0], gt_labels[:0])
+    assert (labels == 0).all() and targets.shape == (100, 4)
+
+
+# ---------------------------------------------------------------- Fast R-CNN head
+
+
+def _head_inputs(device, k=40, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    features = torch.randn(2, 16, 12, 14, generator=g)
+    rois = torch.cat([torch.randint(0, 2, (k, 1), generator=g).float(),
+                      random_boxes(k, (192, 224), min_size=8, max_size=120, generator=g)], 1)
+    return features.to(device), rois.to(device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_fast_rcnn_head_equals_a_torchvision_roi_pool_build(device):
+    torch.manual_seed(0)
+    head = FastRCNNHead(16, num_classes=5, hidden=64).to(device)
+    features, rois = _head_inputs(device)
+    logits, deltas = head(features.requires_grad_(), rois)
+    assert logits.shape == (40, 5) and deltas.shape == (40, 20)
+
+    x = torchvision.ops.roi_pool(features, rois, (7, 7), 1 / 16).flatten(1)
+    x = torch.relu(head.fc7(torch.relu(head.fc6(x))))
+    ref_logits, ref_deltas = head.cls_score(x), head.bbox_pred(x)
+    # RoIPool is a max: the pooled values are copied, not summed, so both builds run the same float ops
+    torch.testing.assert_close(logits, ref_logits, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(deltas, ref_deltas, rtol=1e-6, atol=1e-7)
+    w = torch.randn(40, 25, generator=torch.Generator().manual_seed(1)).to(device)
+    grads = torch.autograd.grad((torch.cat([logits, deltas], 1) * w).sum(), [features, head.fc6.weight])
+    ref_grads = torch.autograd.grad((torch.cat([ref_logits, ref_deltas], 1) * w).sum(), [features, head.fc6.weight])
+    for a, e in zip(grads, ref_grads):
+        torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-6)
+
+
+def test_fast_rcnn_head_loss_and_predict():
+    torch.manual_seed(0)
+    head = FastRCNNHead(16, num_classes=3, hidden=32)
+    features, rois = _head_inputs("cpu", k=6)
+    logits, deltas = head(features, rois)
+    labels = torch.tensor([0, 1, 2, -1, 2, 0])
+    targets = torch.randn(6, 4)
+    loss = head.loss(logits, deltas, labels, targets)
+    used = labels >= 0
+    ce = nn.functional.cross_entropy(logits[used], labels[used])
+    fg = torch.tensor([1, 2, 4])
+    pred = torch.stack([deltas[i, 4 * labels[i]: 4 * labels[i] + 4] for i in fg.tolist()])
+    box = nn.functional.smooth_l1_loss(pred, targets[fg], reduction="sum") / used.sum()
+    torch.testing.assert_close(loss["loss_cls"], ce)
+    torch.testing.assert_close(loss["loss_box"], box)
+
+    probs, boxes = head.predict(logits, deltas, rois, image_size=(192, 224))
+    assert probs.shape == (6, 3) and boxes.shape == (6, 3, 4)
+    torch.testing.assert_close(probs.sum(1), torch.ones(6))
+    assert (boxes[..., 0::2] >= 0).all() and (boxes[..., 0::2] <= 224).all() and (boxes[..., 1::2] <= 192).all()
+    unclipped = decode_boxes(deltas, rois[:, 1:], (10.0, 10.0, 5.0, 5.0)).view(6, 3, 4)
+    torch.testing.assert_close(head.predict(logits, deltas, rois)[1], unclipped)
+
+
+def _synthetic_detection_batch(seed=0):
+    """Two 128x128 noise images with 3 filled boxes each (class 1 lights channel 0,
+    class 2 channel 1), proposals around the boxes and at random, their targets."""
+    g = torch.Generator().manual_seed(seed)
+    images = 0.1 * torch.randn(2, 3, 128, 128, generator=g)
+    rois, labels, targets = [], [], []
+    for i in range(2):
+        gt = random_boxes(3, (128, 128), min_size=24, max_size=64, generator=g)
+        gt_labels = torch.randint(1, 3, (3,), generator=g)
+        for (x1, y1, x2, y2), c in zip(gt.round().int().tolist(), gt_labels.tolist()):
+            images[i, c - 1, y1:y2, x1:x2] += 1.0
+        props = torch.cat([gt.repeat(8, 1) + 5 * torch.randn(24, 4, generator=g),
+                           random_boxes(24, (128, 128), min_size=16, max_size=64, generator=g)])
+        props = torch.cat([props[:, :2].clamp(0, 120), torch.maximum(props[:, 2:], props[:, :2] + 8)], 1)
+        lab, tgt = match_proposals(props, gt, gt_labels)
+        rois.append(torch.cat([torch.full((48, 1), float(i)), props], 1))
+        labels.append(lab)
+        targets.append(tgt)
+    return images, torch.cat(rois), torch.cat(labels), torch.cat(targets)
+
+
+def test_fast_rcnn_training_steps_lower_the_loss():
+    torch.manual_seed(0)
+    backbone = nn.Sequential(*[m for cin, cout in ((3, 16), (16, 32), (32, 32), (32, 32))
+                               for m in (nn.Conv2d(cin, cout, 3, 2, 1), nn.ReLU())])  # stride 16
+    head = FastRCNNHead(32, num_classes=3, hidden=128)
+    images, rois, labels, targets = _synthetic_detection_batch()
+    assert (labels > 0).sum() >= 10 and (labels == 0).sum() >= 10
+    params = list(backbone.parameters()) + list(head.parameters())
+    optimizer = torch.optim.Adam(params, lr=1e-3)
+    history = []
+    for _ in range(40):
+        losses = head.loss(*head(backbone(images), rois), labels, targets)
+        loss = losses["loss_cls"] + losses["loss_box"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        history.append(loss.item())
+    # from ~log(3) + box loss at init; 40 Adam steps on one batch fit it far below half
+    assert history[-1] < 0.5 * history[0], history

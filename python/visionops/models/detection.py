@@ -212,7 +212,7 @@ def encode_boxes(boxes: Tensor, anchors: Tensor, weights: Sequence[float] = (1.0
     Returns: ``Tensor[..., 4]`` of deltas, the boxes' dtype.
 
     >>> encode_boxes(torch.tensor([[2., 2., 6., 10.]]), torch.tensor([[0., 0., 4., 4.]]))
-    tensor([[1.0000, 2.0000, 0.0000, 0.6931]])
+    tensor([[0.5000, 1.0000, 0.0000, 0.6931]])
     """
     _check_boxes(boxes, "boxes", "encode_boxes")
     _check_boxes(anchors, "anchors", "encode_boxes")
@@ -243,7 +243,7 @@ def decode_boxes(
 
     Returns: boxes ``(x1, y1, x2, y2)`` of the deltas' shape and dtype.
 
-    >>> decode_boxes(torch.tensor([[1., 2., 0., math.log(2.)]]), torch.tensor([[0., 0., 4., 4.]]))
+    >>> decode_boxes(torch.tensor([[0.5, 1., 0., math.log(2.)]]), torch.tensor([[0., 0., 4., 4.]]))
     tensor([[ 2.,  2.,  6., 10.]])
     """
     _check_boxes(deltas, "deltas", "decode_boxes")
@@ -355,9 +355,9 @@ def match_proposals(
         ``(labels, targets)``: int64 ``Tensor[K]`` and ``Tensor[K, 4]``, the
         :func:`encode_boxes` deltas (with ``weights``) of the matched box.
 
-    >>> match_proposals(torch.tensor([[0., 0., 10., 10.], [50., 50., 60., 60.]]),
-    ...                 torch.tensor([[1., 0., 11., 10.]]), torch.tensor([3]))[0]
-    tensor([3, 0])
+    >>> match_proposals(torch.tensor([[0., 0., 10., 10.], [6., 0., 16., 10.], [50., 50., 60., 60.]]),
+    ...                 torch.tensor([[1., 0., 11., 10.]]), torch.tensor([3]))[0]  # IoU 0.82, 0.33, 0
+    tensor([ 3,  0, -1])
     """
     k = proposals.size(0)
     if gt_boxes.numel() == 0:
