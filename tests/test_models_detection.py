@@ -424,12 +424,15 @@ def test_fast_rcnn_training_steps_lower_the_loss():
     params = list(backbone.parameters()) + list(head.parameters())
     optimizer = torch.optim.Adam(params, lr=1e-3)
     history = []
-    for _ in range(40):
+    for _ in range(60):
         losses = head.loss(*head(backbone(images), rois), labels, targets)
         loss = losses["loss_cls"] + losses["loss_box"]
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        history.append(loss.item())
-    # from ~log(3) + box loss at init; 40 Adam steps on one batch fit it far below half
-    assert history[-1] < 0.5 * history[0], history
+        history.append((losses["loss_cls"].item(), losses["loss_box"].item()))
+    # at init: cross-entropy ~log(3) = 1.1 (the 0.01-std classifier), box loss ~1; 60 Adam steps
+    # on this one batch bring both well down (measured: 0.08 and 0.4)
+    (cls0, box0), (cls, box) = history[0], history[-1]
+    assert abs(cls0 - math.log(3)) < 0.05
+    assert cls < 0.3 * cls0 and box < 0.8 * box0, history
