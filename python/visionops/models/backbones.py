@@ -141,7 +141,9 @@ class MobileNetV1(nn.Module):
 # ------------------------------------------------------------------ MobileNetV2
 
 # (expansion t, output channels c, repeats n, first stride s) (Table 2 of the paper)
-_V2_SETTINGS = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
+_V2_SETTINGS = [
+    (1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1),
+]
 
 
 class _InvertedResidual(nn.Module):
