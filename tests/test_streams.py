@@ -120,7 +120,10 @@ CASES: dict[str, Case] = {
         lambda g: [_boxes(60, g, 12.0), torch.rand(60, generator=g), torch.randint(0, 3, (60,), generator=g)],
         lambda b, s, i: ops.batched_nms(b, s, i, 0.4),
     ),
-    "nms_fixed": (lambda g: [_boxes(60, g, 12.0), torch.rand(60, generator=g)], lambda b, s: ops.nms_fixed(b, s, 0.4, 32)),
+    "nms_fixed": (
+        lambda g: [_boxes(60, g, 12.0), torch.rand(60, generator=g)],
+        lambda b, s: ops.nms_fixed(b, s, 0.4, 32),
+    ),
     "box_iou_rotated": (lambda g: [_rotated(9, g), _rotated(11, g)], lambda a, b: ops.box_iou_rotated(a, b)),
     "nms_rotated": (lambda g: [_rotated(40, g), torch.rand(40, generator=g)], lambda b, s: ops.nms_rotated(b, s, 0.3)),
     "roi_align_rotated": (

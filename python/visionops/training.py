@@ -123,7 +123,7 @@ class TrainResult:
     world_size: int = 1
     losses: list[float] = field(default_factory=list)
     model: torch.nn.Module | None = None
-    steps_per_second: float = 0.0  # this invocation only (excludes the time before a resume)
+    steps_per_second: float = 0.0  # this invocation's training steps (no evaluation, nothing before a resume)
     samples_per_second: float = 0.0  # all ranks together
 
 
@@ -370,12 +370,18 @@ def _train(task: Task, ctx: _Dist, minutes: float, seed: int, max_steps: int | N
             find_unused_parameters=task.find_unused_parameters,
         )
 
+    eval_seconds = 0.0
+
     def evaluate() -> dict[str, float]:
         # rank 0 only; its own RNG fork so that evaluating never shifts the training streams
+        nonlocal eval_seconds
+        t0 = time.perf_counter()
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             model.eval()
             with torch.no_grad():
-                return task.evaluate(model, device)
+                metrics = task.evaluate(model, device)
+        eval_seconds += time.perf_counter() - t0
+        return metrics
 
     def save(elapsed: float) -> None:
         rng = ctx.gather(_rng_state(generator, device))  # collective: every rank takes part
@@ -424,12 +430,12 @@ def _train(task: Task, ctx: _Dist, minutes: float, seed: int, max_steps: int | N
             save(clock())
     if bar is not None:
         bar.close()
-    run_seconds = time.perf_counter() - start
+    train_seconds = time.perf_counter() - start - eval_seconds  # throughput of the training steps alone
     seconds = clock()
     metrics = ctx.broadcast(evaluate() if ctx.main else None)
     history.append((step, seconds, metrics))
     done = step - first_step
-    steps_per_s = done / run_seconds if run_seconds > 0 else 0.0
+    steps_per_s = done / train_seconds if train_seconds > 0 else 0.0
     if log:
         if done:
             log(f"throughput: {steps_per_s:.2f} steps/s, {steps_per_s * task.batch_size * ctx.world:.1f} samples/s "
