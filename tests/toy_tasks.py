@@ -10,9 +10,11 @@ one quadrant; the label is the quadrant. The model is visionops layers: a
 convolution, optional BatchNorm, ``visionops.ops.roi_align`` pooling the whole
 map to 2x2 bins, and a linear classifier.
 
-* ``toy``: with BatchNorm (buffers, SyncBatchNorm conversion).
-* ``toy-nobn``: without, so that one step of N ranks x batch B equals one step of
-  one process on the concatenated N*B batch (the DDP equivalence test).
+* ``toy``: with BatchNorm (buffers, SyncBatchNorm conversion); the loss calls
+  ``model.loss(...)``, as the reference tasks do.
+* ``toy-nobn``: without BatchNorm, the loss calls ``model(...)``; one step of N
+  ranks x batch B equals one step of one process on both ranks' samples (the
+  DDP equivalence test).
 * ``toy-wide``: 64 channels on 32x32 images, heavier per step, for measuring
   the 1- vs 2-process scaling.
 """
@@ -45,6 +47,9 @@ class ToyNet(torch.nn.Module):
         pooled = roi_align(features, rois, 2, sampling_ratio=2, aligned=True)  # [N, C, 2, 2]
         return self.head(pooled.flatten(1))
 
+    def loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.cross_entropy(self(images), labels)
+
 
 # seconds to sleep per batch: slows a run down so that a test can kill it mid-way (no effect on the numbers)
 STEP_SLEEP = float(os.environ.get("TOY_STEP_SLEEP", "0"))
@@ -65,8 +70,12 @@ def make_batch(generator: torch.Generator, batch_size: int, size: int = 12) -> t
 
 
 def loss_fn(model: torch.nn.Module, batch: tuple) -> torch.Tensor:
+    return model.loss(*batch)  # a method call, as the reference tasks do (crnn, rrpn)
+
+
+def loss_fn_forward(model: torch.nn.Module, batch: tuple) -> torch.Tensor:
     images, labels = batch
-    return torch.nn.functional.cross_entropy(model(images), labels)
+    return torch.nn.functional.cross_entropy(model(images), labels)  # through forward
 
 
 def _evaluator(size: int):
@@ -84,7 +93,7 @@ for name, channels, bn, size in [("toy", 8, True, 12), ("toy-nobn", 8, False, 12
         name=name,
         build_model=lambda channels=channels, bn=bn: ToyNet(channels, bn),
         make_batch=lambda g, b, size=size: make_batch(g, b, size),
-        loss_fn=loss_fn,
+        loss_fn=loss_fn if bn else loss_fn_forward,
         evaluate=_evaluator(size),
         metric="accuracy",
         batch_size=16,

@@ -31,6 +31,13 @@ per local rank) and wraps the model in ``DistributedDataParallel``:
   ``M`` steps at once.
 
 Without ``torchrun`` (``WORLD_SIZE`` unset or 1) the same loop runs in one process.
+
+Extra tasks. ``python -m visionops train`` imports :mod:`visionops.models` (the
+reference tasks), then every module named by ``--task-module`` or by the
+:data:`TASK_MODULES_ENV` environment variable, before it looks the task up; the
+launcher passes the same command line and environment to every torchrun
+worker, so a task registered that way trains data-parallel too
+(``tests/toy_tasks.py`` is such a module).
 """
 
 from __future__ import annotations
@@ -72,9 +79,10 @@ class Task:
     ``make_batch(generator, batch_size)`` returns a tuple on the CPU, drawn only
     from ``generator`` (so every rank can draw different, reproducible samples);
     ``loss_fn(model, batch)`` receives that batch already moved to the device and
-    must run the model through ``model(...)`` (under DDP ``model`` is the
-    ``DistributedDataParallel`` wrapper, whose forward hooks the gradient
-    all-reduce); ``evaluate(model, device)`` scores the model (in eval mode,
+    runs the model once, by calling it or one of its own methods
+    (``model.loss(...)``): under DDP ``model`` is a proxy that sends those calls
+    through ``DistributedDataParallel``'s forward, which arms the gradient
+    all-reduce; ``evaluate(model, device)`` scores the model (in eval mode,
     unwrapped) on a held-out set drawn from a fixed seed and returns named
     metrics, ``metric`` naming the one that the final line reports.
     ``batch_size`` is per process. ``find_unused_parameters`` is passed to DDP
@@ -237,6 +245,46 @@ class _Dist:
             dist.destroy_process_group()
 
 
+class _Replica(torch.nn.Module):
+    """What DDP wraps: ``forward(name, ...)`` runs ``model.<name>(...)``, so that a
+    loss function may call a method such as ``model.loss(...)`` and still pass
+    through DDP's forward, which arms the gradient all-reduce."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return getattr(self.module, method)(*args, **kwargs)
+
+
+def _own_method(module: torch.nn.Module, name: str) -> bool:
+    """``name`` is a method of the model's own classes (not one of ``nn.Module``'s)."""
+    for cls in type(module).__mro__:
+        if cls is torch.nn.Module:
+            return False
+        if name in vars(cls):
+            return callable(vars(cls)[name])
+    return False
+
+
+class _DDPModel:
+    """The model that ``Task.loss_fn`` receives under DDP: calling it, or calling a
+    method of the model's class (``model.loss(...)``), goes through DDP's forward;
+    anything else (attributes, ``nn.Module`` methods) is the model's own."""
+
+    def __init__(self, ddp: torch.nn.Module, module: torch.nn.Module) -> None:
+        self._ddp, self._module = ddp, module
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._ddp("__call__", *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        if _own_method(self._module, name):
+            return lambda *args, **kwargs: self._ddp(name, *args, **kwargs)
+        return getattr(self._module, name)
+
+
 def _rng_state(generator: torch.Generator, device: torch.device) -> dict[str, Any]:
     return {
         "generator": generator.get_state(),
@@ -362,13 +410,14 @@ def _train(task: Task, ctx: _Dist, minutes: float, seed: int, max_steps: int | N
             if log:
                 log(f"resumed {task.name} from {path} at step {step} ({elapsed_before / 60:.1f} min done)")
 
-    train_model: torch.nn.Module = model
+    train_model: Any = model
     if ctx.world > 1:
-        train_model = torch.nn.parallel.DistributedDataParallel(
-            model,
+        ddp = torch.nn.parallel.DistributedDataParallel(
+            _Replica(model),
             device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=task.find_unused_parameters,
         )
+        train_model = _DDPModel(ddp, model)
 
     eval_seconds = 0.0
 
@@ -407,7 +456,7 @@ def _train(task: Task, ctx: _Dist, minutes: float, seed: int, max_steps: int | N
     emit = (bar.write if bar is not None else log) if log else None
     losses: list[float] = []
     while not stop:
-        train_model.train()
+        model.train()
         batch = _to_device(task.make_batch(generator, task.batch_size), device)
         loss = task.loss_fn(train_model, batch)
         optimizer.zero_grad(set_to_none=True)
