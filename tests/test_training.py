@@ -285,8 +285,8 @@ def test_ddp_killed_run_resumes(tmp_path, task, sig, reference_run):
     reference = reference_run(task)
     args = [task, "--nproc", "2", "--checkpoint-dir", str(tmp_path), "--checkpoint-every", "5"]
     cmd = [sys.executable, "-m", "visionops", "train", *args, "--minutes", "5", "--task-module", TOY]
-    # 30 ms per batch: the run lasts long enough for the kill to land between checkpoints
-    launcher = subprocess.Popen(cmd, env=_env(TOY_STEP_SLEEP="0.03"), stdout=subprocess.DEVNULL,
+    # 100 ms per batch: the kill lands between checkpoints 5 and 2 * STEPS even on a loaded machine
+    launcher = subprocess.Popen(cmd, env=_env(TOY_STEP_SLEEP="0.1"), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
     path = checkpoint_path(tmp_path, task)
     deadline = time.monotonic() + 90
