@@ -2,6 +2,8 @@
 save what this rank ends with (not collected by pytest).
 
     python -m torch.distributed.run --standalone --nproc-per-node 2 tests/ddp_worker.py TASK STEPS OUT [DEVICE] [SYNC_BN]
+
+STEPS of the form ``5s`` means no step limit and a 5-second time budget instead.
 """
 
 import os
@@ -15,10 +17,11 @@ import toy_tasks  # noqa: E402,F401  (registers toy, toy-nobn, toy-wide)
 import visionops.models  # noqa: E402,F401  (registers the reference tasks)
 from visionops.training import train  # noqa: E402
 
-task, steps, out = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
+task, out = sys.argv[1], Path(sys.argv[3])
+steps, minutes = (None, float(sys.argv[2][:-1]) / 60) if sys.argv[2].endswith("s") else (int(sys.argv[2]), 10.0)
 device = sys.argv[4] if len(sys.argv) > 4 else "cpu"
 sync_bn = {"1": True, "0": False}.get(sys.argv[5]) if len(sys.argv) > 5 else None
-result = train(task, minutes=10.0, device=device, max_steps=steps, log=None, sync_bn=sync_bn)
+result = train(task, minutes=minutes, device=device, max_steps=steps, log=None, sync_bn=sync_bn)
 torch.save(
     {
         "state": {k: v.cpu() for k, v in result.model.state_dict().items()},

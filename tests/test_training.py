@@ -186,6 +186,17 @@ def test_ddp_ranks_hold_identical_weights_and_loss_decreases(tmp_path, task):
 
 
 @pytest.mark.slow
+def test_ddp_time_budget_stops_every_rank_at_the_same_step(tmp_path):
+    """No step limit, a 3 s budget: rank 0's clock decides and the other rank follows
+    at the same step (it would otherwise hang in, or skip, a collective)."""
+    _torchrun([WORKER, "toy-nobn", "3s", str(tmp_path)])
+    r0, r1 = _load(tmp_path / "rank0.pt"), _load(tmp_path / "rank1.pt")
+    assert r0["steps"] == r1["steps"] > 0 and len(r0["losses"]) == r0["steps"]
+    for name in r0["params"]:
+        assert torch.equal(r0["state"][name], r1["state"][name]), name
+
+
+@pytest.mark.slow
 def test_ddp_step_equals_one_process_on_both_ranks_samples(tmp_path):
     """2 ranks x batch B under DDP == one process averaging the losses of both ranks'
     batches: proves that the ranks draw different samples (with :func:`rank_seed`)

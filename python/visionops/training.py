@@ -31,6 +31,12 @@ per local rank) and wraps the model in ``DistributedDataParallel``:
   ``M`` steps at once.
 
 Without ``torchrun`` (``WORLD_SIZE`` unset or 1) the same loop runs in one process.
+``python -m visionops train TASK --nproc N`` starts torchrun for one machine;
+on several machines run torchrun yourself with the same command after
+``-m visionops`` (see ``python -m visionops train --help``), e.g. on each node
+``torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint
+HOST:29500 --rdzv-id RUN -m visionops train crnn --device cuda --checkpoint-dir
+DIR --resume``.
 
 Extra tasks. ``python -m visionops train`` imports :mod:`visionops.models` (the
 reference tasks), then every module named by ``--task-module`` or by the
