@@ -164,6 +164,25 @@ def test_cli_rejects_bad_combinations(capsys):
         assert code == 2 and "needs 2 GPUs" in err
 
 
+def test_task_modules_from_environment(tmp_path, monkeypatch, capsys):
+    from visionops.__main__ import main
+
+    module = tmp_path / "env_tasks.py"
+    module.write_text(
+        "import dataclasses\n"
+        "from visionops.training import TASKS, register_task\n"
+        "register_task(dataclasses.replace(TASKS['toy-nobn'], name='env-toy'))\n"
+    )
+    assert "env-toy" not in TASKS
+    monkeypatch.setenv("VISIONOPS_TASK_MODULES", str(module))
+    try:
+        assert main(["train", "env-toy", "--max-steps", "2"]) == 0
+        assert "env-toy: accuracy " in capsys.readouterr().out
+    finally:
+        TASKS.pop("env-toy", None)
+        sys.modules.pop("_visionops_tasks_env_tasks", None)
+
+
 # ---------------------------------------------------------------- DDP: 2 CPU processes, gloo
 
 
