@@ -157,6 +157,7 @@ def test_cli_rejects_bad_combinations(capsys):
     code, err = run("toy", "--sync-bn", "--device", "cpu")
     assert code == 2 and "needs --device cuda" in err
     assert run("toy", "--nproc", "0")[0] == 2
+    assert run("toy", "--checkpoint-every", "0")[0] == 2
     code, err = run("nope")
     assert code == 2 and "unknown task 'nope'" in err and "'toy'" in err
     if torch.cuda.device_count() < 2:

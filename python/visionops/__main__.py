@@ -149,6 +149,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume and not args.checkpoint_dir:
         print("--resume needs --checkpoint-dir", file=sys.stderr)
         return 2
+    if args.checkpoint_every < 1:
+        print(f"--checkpoint-every: expected >= 1, got {args.checkpoint_every}", file=sys.stderr)
+        return 2
     in_worker = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if args.nproc > 1 and not in_worker:
         return _launch_torchrun(args)
