@@ -21,17 +21,31 @@ from torch import Tensor
 __all__ = ["rotated_bars"]
 
 
-def _coverage(xs: Tensor, ys: Tensor, box: Tensor) -> Tensor:
-    """Anti-aliased indicator (~fraction of each pixel inside) of a rotated rectangle,
-    plus the local coordinate ``u`` along it (for the glyph pattern)."""
-    cx, cy, w, h, a = box.tolist()
+def _paint(img: Tensor, box: tuple[float, float, float, float, float], value: float, pitch: float = 0.0) -> None:
+    """Add ``value`` times the anti-aliased indicator (~fraction of each pixel inside)
+    of a rotated rectangle to ``img`` (``[H, W]``), only over its bounding window.
+    ``pitch > 0`` cuts the rectangle into glyphs: cells of ``pitch`` along ``w``
+    with a gap of 22% of the pitch, the ends kept solid."""
+    cx, cy, w, h, a = box
     t = math.radians(a)
     c, s = math.cos(t), math.sin(t)
-    dx, dy = xs - cx, ys - cy
+    ex = abs(c) * w / 2 + abs(s) * h / 2 + 1
+    ey = abs(s) * w / 2 + abs(c) * h / 2 + 1
+    H, W = img.shape
+    c0, c1 = max(0, int(cx - ex)), min(W, int(math.ceil(cx + ex)))
+    r0, r1 = max(0, int(cy - ey)), min(H, int(math.ceil(cy + ey)))
+    if c0 >= c1 or r0 >= r1:
+        return
+    dy = (torch.arange(r0, r1, dtype=img.dtype) + 0.5 - cy)[:, None]
+    dx = (torch.arange(c0, c1, dtype=img.dtype) + 0.5 - cx)[None, :]
     u = c * dx - s * dy  # inverse of x = cx + c u + s v, y = cy - s u + c v
     v = s * dx + c * dy
     inside = (w / 2 - u.abs() + 0.5).clamp(0, 1) * (h / 2 - v.abs() + 0.5).clamp(0, 1)
-    return inside, u
+    if pitch > 0:
+        phase = (u + w / 2) / pitch
+        glyph = ((phase - phase.floor()) < 0.78) | (u.abs() > w / 2 - 0.6 * h)
+        inside = inside * glyph
+    img[r0:r1, c0:c1] += value * inside
 
 
 def rotated_bars(
@@ -53,7 +67,7 @@ def rotated_bars(
     Args:
         n: number of images.
         size: ``H = W`` or ``(H, W)`` in pixels.
-        channels: 1 (grey) or 3 (the same bar intensity, a random tint per image).
+        channels: 1 (grey) or 3 (the grey image times a random tint in ``[0.7, 1]`` per channel).
         min_bars, max_bars: bars per image, uniform in ``[min_bars, max_bars]``.
         length, thickness: ranges (pixels) of a bar's ``w`` and ``h``; the aspect
             ratio ``w / h`` therefore varies from about 2 to 11 (text-like; the
@@ -109,7 +123,7 @@ def rotated_bars(
                 break
             u = rand(6)
             w = length[0] + u[0].item() * (length[1] - length[0])
-            h = thickness[0] + u[1].item() * (min(thickness[1], w / 2) - thickness[0])
+            h = thickness[0] + u[1].item() * max(0.0, min(thickness[1], w / 2) - thickness[0])
             a = -90.0 + 180.0 * u[2].item()
             t = math.radians(a)
             ex = abs(math.cos(t)) * w / 2 + abs(math.sin(t)) * h / 2  # half extents of the bounding box
@@ -126,14 +140,16 @@ def rotated_bars(
                 if box_iou_rotated(grown[None], others).max().item() > 0:
                     continue
             boxes.append(box)
-            inside, along = _coverage(xs, ys, box)
-            # glyphs: cells ~0.8 h wide separated by gaps ~0.2 h (varies per bar), full height
-            pitch = h * (0.7 + 0.5 * u[5].item())
-            phase = (along + w / 2) / pitch
-            glyph = ((phase - phase.floor()) < 0.78).double()
-            glyph = torch.where(along.abs() > w / 2 - 0.6 * h, torch.ones_like(glyph), glyph)  # solid ends
-            contrast = (0.35 + 0.45 * rand(1).item()) * (1 if rand(1).item() < 0.5 else -1)
-            img = img + contrast * inside * glyph
+            # glyphs ~0.7-1.2 h wide, full height; polarity and contrast vary per bar
+            # (the contrast is cut to the room left by the background, so bars never saturate; when
+            # the drawn polarity has less than 0.3 of room, the other one - with at least 0.375 - is used)
+            up, down = 1.0 - bg - 0.125, bg - 0.125
+            contrast = 0.35 + 0.45 * rand(1).item()
+            if rand(1).item() < 0.5:
+                contrast = min(contrast, up) if up >= 0.3 else -min(contrast, down)
+            else:
+                contrast = -min(contrast, down) if down >= 0.3 else min(contrast, up)
+            _paint(img, (cx, cy, w, h, a), contrast, pitch=h * (0.7 + 0.5 * u[5].item()))
         if not boxes:  # cannot happen with valid ranges; keep the contract anyway
             raise RuntimeError("rotated_bars: could not place a bar; make the image larger or the bars smaller")
         n_clutter = int(rand(1).item() * (clutter + 1))
@@ -141,12 +157,11 @@ def rotated_bars(
             u = rand(5)
             d = 2 + 5 * u[0].item()
             e = d * (0.6 + 0.8 * u[1].item())  # aspect ratio in (0.6, 1.4): not bar-like
-            blob = torch.tensor([u[2].item() * W, u[3].item() * H, d, e, 180 * u[4].item()], dtype=torch.float64)
-            inside, _ = _coverage(xs, ys, blob)
-            img = img + (0.3 + 0.3 * rand(1).item()) * (1 if rand(1).item() < 0.5 else -1) * inside
+            value = (0.3 + 0.3 * rand(1).item()) * (1 if rand(1).item() < 0.5 else -1)
+            _paint(img, (u[2].item() * W, u[3].item() * H, d, e, 180 * u[4].item()), value)
         img = img + noise * torch.randn(H, W, generator=generator, dtype=torch.float64)
         if channels == 3:
-            tint = 0.8 + 0.4 * rand(3)
+            tint = 0.7 + 0.3 * rand(3)
             images[i] = img[None] * tint[:, None, None]
         else:
             images[i] = img[None]

@@ -44,3 +44,26 @@ __all__ += [
     "use_torchvision",
     "use_visionops",
 ]
+
+# --- RRPN (issue 8: rotated region proposals); importing registers the "rrpn" training task ---
+from .rrpn import (  # noqa: E402
+    RRPN,
+    RRoIHead,
+    decode_rotated,
+    encode_rotated,
+    label_anchors,
+    rotated_anchors,
+    rotated_base_anchors,
+    rotated_proposals,
+)
+
+__all__ += [
+    "RRPN",
+    "RRoIHead",
+    "decode_rotated",
+    "encode_rotated",
+    "label_anchors",
+    "rotated_anchors",
+    "rotated_base_anchors",
+    "rotated_proposals",
+]
