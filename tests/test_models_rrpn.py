@@ -257,7 +257,7 @@ def test_rrpn_task_is_registered():
     from visionops.training import TASKS
 
     task = TASKS["rrpn"]
-    assert task.metric == "recall@300"
+    assert task.metric == "recall@50"
     images, rois = task.make_batch(torch.Generator().manual_seed(0), 3)
     assert images.shape == (3, 1, R.TASK_IMAGE_SIZE, R.TASK_IMAGE_SIZE)
     assert rois.shape[1] == 6 and set(rois[:, 0].long().tolist()) == {0, 1, 2}

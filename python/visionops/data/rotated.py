@@ -2,8 +2,8 @@
 
 Each image holds a few bars: rows of rectangular "glyphs" separated by thin
 gaps (a line of text seen from afar), of varied length, thickness, angle and
-contrast, over a noisy background with clutter (blobs and short strokes that are
-*not* objects). The ground truth is one rotated box per bar in visionops'
+contrast, over a noisy background with a gradient and clutter (small rotated
+blobs, bright or dark, that are *not* objects). The ground truth is one rotated box per bar in visionops'
 convention ``(cx, cy, w, h, angle)``: ``w`` along the bar, ``h`` across it,
 ``angle`` in degrees counter-clockwise (the box map of
 :mod:`visionops.ops.rotated`), always ``w >= h`` and ``angle`` in ``[-90, 90)``.
@@ -72,8 +72,8 @@ def rotated_bars(
         length, thickness: ranges (pixels) of a bar's ``w`` and ``h``; the aspect
             ratio ``w / h`` therefore varies from about 2 to 11 (text-like; the
             RRPN paper's anchors use 2, 5 and 8).
-        clutter: at most this many distractors per image (blobs, short strokes
-            with aspect ratio < 2).
+        clutter: at most this many distractors per image (rotated blobs 2-7 px
+            across, aspect ratio 0.6-1.4, anywhere, also over bars).
         noise: standard deviation of the additive Gaussian pixel noise.
         generator: every random number is drawn from it: the same seed gives the
             same images and boxes.
