@@ -235,6 +235,8 @@ def _tv(name):
         tv = pytest.importorskip("torchvision")
         if any(isinstance(a, torch.Tensor) and a.dtype in (torch.float16, torch.bfloat16) for a in args):
             raise NotImplementedError  # torchvision's 16-bit CPU paths round differently: not a peer
+        if name.startswith("roi_") and args[0].numel() == 0:
+            raise NotImplementedError  # torchvision 0.29's CPU roi_align segfaults on an empty feature map
         return getattr(tv.ops, name)(*args)
 
     return peer

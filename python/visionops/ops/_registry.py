@@ -61,3 +61,26 @@ def is_channels_last(t: Tensor) -> bool:
 
 def memory_format_of(t: Tensor) -> torch.memory_format:
     return torch.channels_last if is_channels_last(t) else torch.contiguous_format
+
+
+def register_no_double_backward(backward_op: str, forward_ops: str) -> None:
+    """Makes differentiating through ``visionops::<backward_op>`` (double
+    backward, e.g. a gradient penalty on ``forward_ops``) raise a clear error.
+
+    Without an autograd kernel, torch's fallback would only warn and return a
+    zero second derivative: silently wrong. First-order use with
+    ``create_graph=True`` is unaffected; the error comes when the gradient of
+    the gradient is taken.
+    """
+    message = (
+        f"visionops: double backward (a gradient of the gradient) of {forward_ops} is not supported: "
+        f"visionops::{backward_op} has no derivative"
+    )
+
+    def setup_context(ctx, inputs, output):
+        pass
+
+    def backward(ctx, *grads):
+        raise RuntimeError(message)
+
+    torch.library.register_autograd(f"visionops::{backward_op}", backward, setup_context=setup_context)

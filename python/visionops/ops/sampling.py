@@ -24,7 +24,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from ._registry import check_tensor, memory_format_of, pair, register_float32_autocast
+from ._registry import check_tensor, memory_format_of, pair, register_float32_autocast, register_no_double_backward
 
 __all__ = [
     "grid_sample",
@@ -537,6 +537,8 @@ def _tps_sample_bwd(ctx, grad):
 
 
 torch.library.register_autograd("visionops::tps_grid_sample", _tps_sample_bwd, setup_context=_tps_sample_setup_context)
+register_no_double_backward("_grid_sample_backward", "grid_sample / affine_grid_sample / tps_grid_sample")
+register_no_double_backward("_tps_grid_backward", "tps_grid / tps_grid_sample")
 
 # ---------------------------------------------------------------- autocast
 
