@@ -91,8 +91,9 @@ class Draw:
         return self.data.draw(strategy, label=label)
 
     def flag(self, p: float = 0.1, label=None) -> bool:
-        """True with probability ~p (hypothesis biases towards both ends anyway)."""
-        return self.data.draw(st.integers(0, 999), label=label) < int(p * 1000)
+        """True with probability about p (more: hypothesis favours boundary values);
+        shrinks to False, so a failing example keeps only the flags it needs."""
+        return self.data.draw(st.integers(0, 999), label=label) >= 1000 - int(p * 1000)
 
     def size(self, lo: int = 0, hi: int = 4, label=None) -> int:
         return self(st.integers(lo, hi), label)
@@ -162,6 +163,9 @@ class Spec:
     grad: positional indices of the arguments to differentiate (when floating).
     names: words, besides the parameter names, that an error message may use
         for an argument (the C++ kernels call ``boxes`` ``rois``, for example).
+    exact: the op runs visionops kernels, which copy their inputs to a fixed
+        layout, so any layout gives the same bits. False for plain torch code
+        (linalg.solve, matmul): torch may pick another kernel for another layout.
     """
 
     name: str
@@ -170,6 +174,7 @@ class Spec:
     peer_tol: Optional[Callable[[torch.dtype], dict]] = None
     grad: tuple = ()
     names: tuple = ()
+    exact: bool = True
 
     @property
     def fn(self) -> Callable:
@@ -613,21 +618,21 @@ SPECS = [
     Spec("nms_fixed", _nms_fixed_case, _nms_fixed_peer),
     # rotated
     Spec("box_iou_rotated", _box_iou_rotated_case, _box_iou_rotated_peer),
-    Spec("convert_rotated_boxes", _convert_rotated_case, grad=(0,), names=("fmt",)),
+    Spec("convert_rotated_boxes", _convert_rotated_case, grad=(0,), names=("fmt",), exact=False),
     Spec("convert_rotated_boxes_to_rois", lambda d: _to_rois_case(d, 5), names=("rois",)),
     Spec("roi_align_rotated", lambda d: _pooling_case(d, True, True), _roi_align_rotated_peer, grad=(0,)),
     Spec("roi_pool_rotated", lambda d: _pooling_case(d, True, False), grad=(0,), names=("rois",)),
     Spec("nms_rotated", _nms_rotated_case, _rotated_nms_peer),
-    Spec("batched_nms_rotated", _batched_nms_rotated_case, _rotated_nms_peer),
+    Spec("batched_nms_rotated", _batched_nms_rotated_case, lambda b, s, i, t: _rotated_nms_peer(b, s, t, i)),
     # ctc
     Spec("ctc_loss", _ctc_loss_case, _ctc_peer, grad=(0,), names=("label", "labels", "lengths")),
     Spec("ctc_greedy_decode", lambda d: _decode_case(d, False)),
     Spec("ctc_beam_search_decode", lambda d: _decode_case(d, True)),
     # sampling
     Spec("grid_sample", _grid_sample_case, _grid_sample_peer, grad=(0, 1)),
-    Spec("affine_grid", _affine_grid_case, lambda t, s, a: torch.nn.functional.affine_grid(t, s, a), grad=(0,)),
+    Spec("affine_grid", _affine_grid_case, lambda t, s, a: torch.nn.functional.affine_grid(t, s, a), grad=(0,), exact=False),
     Spec("affine_grid_sample", _affine_grid_sample_case, _affine_grid_sample_peer, grad=(0, 1)),
-    Spec("tps_fit", _tps_fit_case, grad=(0, 1), names=("points",)),
+    Spec("tps_fit", _tps_fit_case, grad=(0, 1), names=("points",), exact=False),
     Spec("tps_grid", _tps_grid_case, _tps_grid_peer, grad=(0, 1, 2), names=("weights",)),
     Spec("tps_grid_sample", _tps_grid_sample_case, _tps_grid_sample_peer, grad=(0, 1, 2, 3), names=("weights",)),
     Spec("rare_fiducials", _rare_fiducials_case),
@@ -757,7 +762,7 @@ def run_case(spec: Spec, case: Case, d: Draw, device: str, stats: Counter):
         stats[f"raised {type(err).__name__}"] += 1
         return
     stats["returned"] += 1
-    exact = [_is_cl(t) for t in _flat(laid)] == [_is_cl(t) for t in _flat(contiguous)]
+    exact = spec.exact and [_is_cl(t) for t in _flat(laid)] == [_is_cl(t) for t in _flat(contiguous)]
     scale = _finite_max(_flat(args))
     assert_same(out, ref, exact, scale, f"{spec.name} layouts {layouts}")
 
@@ -879,3 +884,25 @@ def test_fuzz_mixed_devices(spec):
             assert_same(_map_tensors(out, lambda t: t.cpu()), ref, False, _finite_max(tensors), spec.name)
 
     run()
+
+
+# ---------------------------------------------------------------- regressions found by the fuzzer
+
+
+def test_affine_grid_sample_backward_with_empty_batch():
+    """N = 0: the theta gradient reshaped [0, -1, 2], which torch rejects."""
+    x = torch.randn(0, 2, 4, 4, requires_grad=True)
+    theta = torch.randn(0, 2, 3, requires_grad=True)
+    out = ops.affine_grid_sample(x, theta, (3, 5))
+    gx, gt = torch.autograd.grad(out.sum(), [x, theta])
+    assert out.shape == (0, 2, 3, 5) and gx.shape == x.shape and gt.shape == theta.shape
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_tps_fit_rejects_non_finite_target_points(bad):
+    """A NaN/Inf control point passed the collinearity check (NaN compares false)
+    and reached linalg.solve, whose error named no argument."""
+    target = ops.rare_fiducials(6)
+    target[2, 0] = bad
+    with pytest.raises(ValueError, match="target_points"):
+        ops.tps_fit(ops.rare_fiducials(6), target)
