@@ -133,9 +133,10 @@ def _to(args, device):
     return [a.to(device) if isinstance(a, torch.Tensor) else a for a in args]
 
 
-def run(call: Call, device: str, seed: int = 0, grad_layout: str = "contiguous"):
+def run(call: Call, device: str, seed: int = 0, grad_layout: str = "contiguous", materialise: bool = False):
     """Forward and (when differentiable) backward with a fixed random
-    grad_output; returns every output and gradient, detached on the CPU."""
+    grad_output in ``grad_layout`` (its values made contiguous when
+    ``materialise``); returns every output and gradient, detached on the CPU."""
     args = _to(call.make(_gen(seed)), device)
     leaves = []
     for i in call.grad:
@@ -148,13 +149,14 @@ def run(call: Call, device: str, seed: int = 0, grad_layout: str = "contiguous")
         g = _gen(seed + 1)
         grads = [torch.randn(o.shape, generator=g, dtype=o.dtype).to(device) for o in outs]
         grads = [_relayout(x, grad_layout) for x in grads]
+        grads = [x.contiguous() for x in grads] if materialise else grads
         results += [x for x in torch.autograd.grad(outs, leaves, grads, allow_unused=True) if x is not None]
     return [r.cpu() for r in results]
 
 
 def _relayout(t: torch.Tensor, layout: str) -> torch.Tensor:
     if layout == "expanded":  # what out.sum().backward() passes: one value, stride 0
-        return t.reshape(-1)[:1].expand(t.shape) if t.numel() else t
+        return t.reshape(-1)[:1].expand(t.shape) if t.numel() and t.dim() else t
     if layout == "transposed" and t.dim() >= 2:
         return t.transpose(0, -1).contiguous().transpose(0, -1)
     if layout == "strided" and t.dim() >= 1:
@@ -219,7 +221,7 @@ def test_backward_with_non_contiguous_grad_output(call, layout, device):
     """The same gradient whatever the memory layout of grad_output (bit for bit:
     the kernels take a contiguous copy; a channels_last grad_output of an NCHW
     output may select the channels_last backward, which sums in another order)."""
-    expected = run(call, device)
+    expected = run(call, device, grad_layout=layout, materialise=True)
     got = run(call, device, grad_layout=layout)
     if layout == "channels_last":
         for x, y in zip(got, expected):
