@@ -292,7 +292,7 @@ def tps_fit(source_points: Tensor, target_points: Tensor, regularization: float 
     return solution[:, :k].to(dtype), solution[:, k:].to(dtype)
 
 
-def rare_fiducials(num_fiducial: int = 20, dtype: torch.dtype = torch.float32, device=None) -> Tensor:
+def rare_fiducials(num_fiducial: int = 20, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> Tensor:
     """RARE's base fiducials: ``K / 2`` points evenly spaced along the top edge
     (y = -1) and ``K / 2`` along the bottom edge (y = 1) of the output, x from
     -1 to 1. Returns ``[K, 2]``.
