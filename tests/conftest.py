@@ -15,6 +15,10 @@ settings.register_profile(
 settings.register_profile(
     "dev", max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
 )
+# tools/gpu_sanitize.sh: kernels run 10-100x slower under compute-sanitizer
+settings.register_profile(
+    "sanitize", max_examples=5, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck)
+)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 HAS_CUDA = torch.cuda.is_available()
