@@ -113,12 +113,14 @@ def test_wheel_builds_installs_into_fresh_venv_and_imports(tmp_path):
     py = env_dir / "bin" / "python"
     site = Path(subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                capture_output=True, text=True, check=True).stdout.strip())
-    # torch and numpy from this interpreter's site-packages, appended after the venv's own
-    # (a .pth line), so the wheel's visionops shadows any visionops installed beside torch
-    (site / "torch_from_host.pth").write_text(str(Path(torch.__file__).resolve().parents[1]) + "\n")
     out = subprocess.run([*pip, "--python", str(py), "install", "--no-deps", "--no-index", str(wheel)],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert (site / "visionops" / "__init__.py").is_file(), out.stdout[-3000:]
+    # then torch and numpy from this interpreter's site-packages, appended after the venv's own
+    # (a .pth line; written after the install, or pip would find this checkout's visionops
+    # there and skip the wheel), so the wheel's visionops shadows any visionops beside torch
+    (site / "torch_from_host.pth").write_text(str(Path(torch.__file__).resolve().parents[1]) + "\n")
 
     probe = (
         "import json, torch, visionops, visionops.ops as ops\n"
