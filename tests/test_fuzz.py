@@ -639,6 +639,53 @@ SPECS = [
 ]
 
 
+# ---- conv (merged separately: these entries switch on with the family)
+
+
+def _conv_case(d: Draw, depthwise: bool) -> Case:
+    dtype = d.float_dtype("dtype")
+    groups = 1 if depthwise else d(st.sampled_from([1, 1, 2]), "groups")
+    n, c, h, w = d.size(0, 2, "n"), groups * d.size(0 if groups == 1 else 1, 3, "c"), d.size(0, 6, "h"), d.size(0, 6, "w")
+    kh, kw = d.size(1, 3, "kh"), d.size(1, 3, "kw")
+    if depthwise:
+        cout, cin = c * d.size(1, 2, "multiplier"), 1
+    else:
+        cout, cin = groups * d.size(1, 3, "cout"), c // groups
+    x = d.values((n, c, h, w), d.maybe_wrong_dtype(dtype, "input_dtype"))
+    weight = d.values((cout, cin, kh, kw), d.maybe_wrong_dtype(dtype, "weight_dtype"), scale=0.3)
+    bias = d.values((cout,), dtype) if d.flag(0.5, "bias") else None
+    stride = d(st.sampled_from([1, 2, (1, 2)]), "stride")
+    padding = d(st.sampled_from([0, 1, (1, 0), "valid"] + (["same"] if stride == 1 else [])), "padding")
+    dilation = d(st.sampled_from([1, 2]), "dilation")
+    if d.flag(0.04, "bad_stride"):
+        d.tame = False
+        stride = d(st.sampled_from([0, -1, (1, 2, 3)]), "stride")
+    args = [x, weight, bias, stride, padding, dilation]
+    if depthwise:
+        return Case(args + [d(st.sampled_from([None, "relu", "relu6"]), "activation")])
+    return Case(args + [groups])
+
+
+def _conv_peer(x, weight, bias, stride, padding, dilation, last):
+    if x.dtype not in (torch.float32, torch.float64) or x.numel() == 0:
+        raise NotImplementedError
+    depthwise = last is None or isinstance(last, str)
+    groups = x.shape[1] if depthwise else last
+    out = torch.nn.functional.conv2d(x, weight, bias, stride, padding, dilation, groups)
+    if last == "relu":
+        out = out.relu()
+    elif last == "relu6":
+        out = out.clamp(0, 6)
+    return out
+
+
+if hasattr(ops, "conv2d"):
+    SPECS += [
+        Spec("conv2d", lambda d: _conv_case(d, False), _conv_peer, grad=(0, 1, 2)),
+        Spec("depthwise_conv2d", lambda d: _conv_case(d, True), _conv_peer, grad=(0, 1, 2)),
+    ]
+
+
 # ---------------------------------------------------------------- layouts
 
 

@@ -117,6 +117,14 @@ CALLS = [
     ),
 ]
 
+if hasattr(ops, "conv2d"):  # the conv family (merged separately)
+    CALLS += [
+        Call("conv2d", lambda g: [torch.randn(2, 6, 9, 9, generator=g), torch.randn(4, 3, 3, 3, generator=g),
+                                  torch.randn(4, generator=g), 1, 1, 1, 2], (0, 1, 2)),
+        Call("depthwise_conv2d", lambda g: [torch.randn(2, 6, 9, 9, generator=g), torch.randn(12, 1, 3, 3, generator=g),
+                                            torch.randn(12, generator=g), 2, 1], (0, 1, 2)),
+    ]
+
 IDS = [c.name for c in CALLS]
 DIFFERENTIABLE = [c for c in CALLS if c.grad]
 
@@ -253,6 +261,16 @@ def test_double_backward(call):
     penalty = sum(g.pow(2).sum() for g in first if g is not None)
     with pytest.raises(RuntimeError, match=rf"double backward .*{call.name.split('_')[0]}"):
         torch.autograd.grad(penalty, inputs, allow_unused=True)
+
+
+def test_every_backward_op_has_an_autograd_kernel():
+    """Each visionops::_*_backward op has an autograd kernel (the one that
+    raises on double backward, ops/_registry.py), so torch's warn-and-return-zero
+    fallback can never run, for any family, conv included."""
+    names = [n for n in torch._C._dispatch_get_all_op_names() if n.startswith("visionops::_") and n.endswith("_backward")]
+    assert names
+    missing = [n for n in names if not torch._C._dispatch_has_kernel_for_dispatch_key(n, "Autograd")]
+    assert not missing
 
 
 def test_create_graph_first_order_still_works():

@@ -84,3 +84,15 @@ def register_no_double_backward(backward_op: str, forward_ops: str) -> None:
         raise RuntimeError(message)
 
     torch.library.register_autograd(f"visionops::{backward_op}", backward, setup_context=setup_context)
+
+
+def guard_double_backward() -> None:
+    """``register_no_double_backward`` for every ``visionops::_*_backward`` op
+    that has no autograd kernel yet (a family that forgot it, or a new one):
+    named after the forward op its name implies."""
+    for name in torch._C._dispatch_get_all_op_names():
+        namespace, _, op = name.partition("::")
+        if namespace != "visionops" or not (op.startswith("_") and op.endswith("_backward")):
+            continue
+        if not torch._C._dispatch_has_kernel_for_dispatch_key(name, "Autograd"):
+            register_no_double_backward(op, op[1 : -len("_backward")])
