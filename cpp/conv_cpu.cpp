@@ -525,7 +525,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_gemm_backward(const at::Te
   at::Tensor gi = output_mask[0] ? at::zeros({g.N, g.C, g.H, g.W}, input_.options()) : unwanted_grad(input_);
   // the weight gradient sums over the batch: accumulate in opmath (float for 16-bit)
   at::Tensor gw_acc = output_mask[1] ? at::zeros({G, OCg, K}, weight_.options().dtype(acc_type)) : at::Tensor();
-  at::Tensor gb = output_mask[2] ? conv_bias_grad(grad_) : unwanted_grad(weight_);
+  // the bias gradient sums the contiguous copy: the same bits whatever grad's layout
+  at::Tensor gb = output_mask[2] ? conv_bias_grad(grad_.contiguous()) : unwanted_grad(weight_);
   const bool work = grad_.numel() > 0 && input_.numel() > 0 && K > 0 && (output_mask[0] || output_mask[1]);
   if (work) {
     const auto input = input_.contiguous();
