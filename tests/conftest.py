@@ -1,8 +1,12 @@
 import os
 
-import pytest
-import torch
-from hypothesis import HealthCheck, settings
+# cuBLAS (conv2d's GEMMs on CUDA) is deterministic only with a fixed workspace
+# configuration, which must be set before the first cuBLAS handle is created.
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
 
 # CI: few examples, no deadline (2 slow cores); HYPOTHESIS_PROFILE=dev explores more.
 settings.register_profile(

@@ -521,7 +521,7 @@ class RRPN(nn.Module):
         ``[K, 6]`` rotated RoIs ``(batch_index, ...)``): ``rpn_cls``, ``rpn_reg`` and,
         with a head, ``head_cls`` / ``head_reg``. The head is trained jointly on
         proposals detached from the RPN (plus the GT boxes), ``head_samples`` RoIs
-        per image, a quarter of them foreground (skew IoU >= 0.5 and angle
+        per image, a quarter of them foreground (skew IoU > 0.5 and angle
         difference < 15 degrees with a GT box)."""
         if isinstance(gt, Tensor):
             gt = [gt[gt[:, 0] == i, 1:] for i in range(images.size(0))]

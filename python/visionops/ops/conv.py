@@ -194,6 +194,10 @@ def _output_shape(input: Tensor, weight: Tensor, stride, padding, dilation) -> t
     for size, k, s, p0, p1, d in zip(
         input.shape[2:], weight.shape[2:], stride, padding[0::2], padding[1::2], dilation
     ):
+        torch._check(
+            size + p0 + p1 >= d * (k - 1) + 1,
+            lambda: "weight: the kernel (with dilation) is larger than the padded input",
+        )
         sizes.append((size + p0 + p1 - d * (k - 1) - 1) // s + 1)
     return (input.size(0), weight.size(0), *sizes)
 
@@ -283,7 +287,11 @@ def _register_lower_precision_autocast(name: str) -> None:
 
         def kernel(*args: Any, _keyset: Any = keyset, _device: str = device_type) -> Any:
             dtype = torch.get_autocast_dtype(_device)
-            cast = [a.to(dtype) if isinstance(a, Tensor) and a.is_floating_point() else a for a in args]
+            # torch's autocast leaves float64 tensors alone (is_eligible excludes kDouble)
+            cast = [
+                a.to(dtype) if isinstance(a, Tensor) and a.is_floating_point() and a.dtype != torch.float64 else a
+                for a in args
+            ]
             with torch._C._ExcludeDispatchKeyGuard(_keyset):
                 return op(*cast)
 
