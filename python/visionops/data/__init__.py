@@ -1,5 +1,7 @@
 """Synthetic data generators: no downloads, everything drawn from a seeded generator."""
 
 from .boxes import random_boxes, random_rois
+from .text import ALPHABET, Alphabet, TextBatch, captchas, random_strings, text_lines
 
-__all__ = ["random_boxes", "random_rois"]
+__all__ = ["random_boxes", "random_rois", "ALPHABET", "Alphabet", "TextBatch", "captchas", "random_strings",
+           "text_lines"]

@@ -2,4 +2,6 @@
 heads, RRPN, CRNN+CTC, STN/RARE). Importing this package registers their
 training tasks with :mod:`visionops.training`."""
 
-__all__: list[str] = []
+from .crnn import CRNN, RARE, STNRecognizer
+
+__all__: list[str] = ["CRNN", "STNRecognizer", "RARE"]
