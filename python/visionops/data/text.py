@@ -91,8 +91,9 @@ def random_strings(n: int, generator: torch.Generator | None, min_len: int = 4, 
                    characters: str = ALPHABET) -> list[str]:
     """``n`` strings of uniform length in ``[min_len, max_len]``, characters uniform over ``characters``.
 
-    >>> random_strings(2, torch.Generator().manual_seed(0), 3, 3, "ab")
-    ['aab', 'bbb']
+    >>> s = random_strings(100, torch.Generator().manual_seed(0), 4, 6, "ab")
+    >>> sorted({len(x) for x in s}), sorted(set("".join(s)))
+    ([4, 5, 6], ['a', 'b'])
     """
     if not 1 <= min_len <= max_len:
         raise ValueError(f"min_len, max_len: expected 1 <= min_len <= max_len, got {min_len}, {max_len}")
@@ -275,7 +276,9 @@ def text_lines(
     room_x = (1 - fx * scale).clamp_min(0)
     room_y = (1 - fy * scale).clamp_min(0)
     tx = room_x * (2 * style[:, 5] - 1) * 0.8
-    ty = room_y * (2 * style[:, 6] - 1) * 0.5 if distortion != "none" else torch.zeros(n, dtype=torch.float64)
+    ty = room_y * (2 * style[:, 6] - 1) * 0.5
+    if distortion == "none":
+        tx, ty = tx * 0, ty * 0
     # forward map (box coordinates -> output coordinates): A p + t, A = s R Sh diag(fx, fy)
     c, si = torch.cos(rot), torch.sin(rot)
     a = torch.zeros(n, 2, 2, dtype=torch.float64)

@@ -127,7 +127,7 @@ class CRNN(_CTCRecognizer):
 
     def forward(self, images: Tensor) -> Tensor:
         if images.dim() != 4 or images.shape[2] != self.height:
-            raise ValueError(f"images: expected [N, C, {self.height}, W], got shape {tuple(images.shape)}")
+            raise ValueError(f"images: expected [N, C, height={self.height}, W], got shape {tuple(images.shape)}")
         f = self.features(images)  # [N, C, H/8, W/4]
         n, c, h, w = f.shape
         seq = f.permute(3, 0, 1, 2).reshape(w, n, c * h)
