@@ -67,8 +67,9 @@ class _CTCRecognizer(nn.Module):
 class CRNN(_CTCRecognizer):
     """Convolutional recurrent network for text lines.
 
-    Three blocks of 3x3 convolution + BatchNorm + ReLU + max-pool (2x2, 2x2,
-    then 2x1: the width shrinks by 4, the height by 8), each image column of the
+    Four blocks of 3x3 convolution + BatchNorm + ReLU, with strides 2x2, 2x2,
+    2x1 and 1 (the paper's max-pools become strides: the width shrinks by 4,
+    the height by 8; the last block keeps the width of the third), each image column of the
     feature map flattened and projected to ``hidden`` features, two
     bidirectional LSTM (or GRU) layers, and a linear classifier per column.
 
@@ -79,11 +80,11 @@ class CRNN(_CTCRecognizer):
             ``height`` must be a multiple of 8, any ``W >= 4``.
         rnn: ``"lstm"`` or ``"gru"``.
         hidden: width of the projection and of each RNN direction.
-        channels: output channels of the three conv blocks.
+        channels: output channels of the first three conv blocks (the fourth keeps the third's).
         backend: ``"visionops"`` or ``"torch"`` (see the module docstring).
 
     ``forward`` returns ``[T, N, num_classes]`` unnormalised scores with
-    ``T = W // 4`` (:meth:`output_length`); apply ``log_softmax(2)`` for CTC.
+    ``T = ceil(W / 4)`` (:meth:`output_length`); apply ``log_softmax(2)`` for CTC.
 
     >>> model = CRNN(37)
     >>> model(torch.zeros(2, 1, 32, 128)).shape
@@ -110,9 +111,10 @@ class CRNN(_CTCRecognizer):
         self.num_classes, self.height = num_classes, height
         layers: list[nn.Module] = []
         c_in = in_channels
-        for c_out, pool in zip(channels, ((2, 2), (2, 2), (2, 1))):
-            layers += [conv(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
-                       nn.MaxPool2d(pool, pool)]
+        # strided convolutions instead of conv + max-pool: the same downsampling, 4x cheaper on a CPU
+        for c_out, stride in zip((*channels, channels[-1]), ((2, 2), (2, 2), (2, 1), (1, 1))):
+            layers += [conv(c_in, c_out, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(c_out),
+                       nn.ReLU(inplace=True)]
             c_in = c_out
         self.features = nn.Sequential(*layers)
         self.project = nn.Linear(c_in * (height // 8), hidden)
@@ -123,7 +125,7 @@ class CRNN(_CTCRecognizer):
     @staticmethod
     def output_length(width: int) -> int:
         """Sequence length T for an input of width ``width``."""
-        return width // 4
+        return (width + 3) // 4  # ceil(ceil(W / 2) / 2)
 
     def forward(self, images: Tensor) -> Tensor:
         if images.dim() != 4 or images.shape[2] != self.height:
@@ -145,8 +147,8 @@ class _Localizer(nn.Module):
         layers: list[nn.Module] = []
         c_in = in_channels
         for c_out in (16, 32, 64, 64):
-            layers += [conv(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
-                       nn.MaxPool2d(2, 2)]
+            layers += [conv(c_in, c_out, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c_out),
+                       nn.ReLU(inplace=True)]
             c_in = c_out
         self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d((2, 4)), nn.Flatten())
         self.fc = nn.Sequential(nn.Linear(c_in * 8, 128), nn.ReLU(inplace=True))
