@@ -240,8 +240,8 @@ def text_lines(
     and Gaussian noise. ``"none"`` centres the box without warping.
 
     The warps are :func:`visionops.ops.affine_grid_sample` and
-    :func:`visionops.ops.tps_grid_sample`, computed in float64 so the data do
-    not depend on the kernels' float32 rounding.
+    :func:`visionops.ops.tps_grid_sample` (geometry in float64, sampling in
+    float32).
 
     Returns:
         :class:`TextBatch` with ``images [n, 1, *size]`` float32 in [0, 1].
@@ -294,14 +294,13 @@ def text_lines(
         landed = landed @ a.transpose(1, 2) + t.unsqueeze(1)
         # the output samples the box: fit the TPS output -> box (maps each landed point to its fiducial)
         w, aff = tps_fit(base.expand(n, 20, 2), landed)
-        out = tps_grid_sample(clean, w, aff, landed, size, padding_mode="zeros")
+        out = tps_grid_sample(clean.float(), w.float(), aff.float(), landed.float(), size, padding_mode="zeros")
     else:
         inv = torch.linalg.inv(a)
         theta = torch.cat([inv, -(inv @ t.unsqueeze(2))], dim=2)
-        out = affine_grid_sample(clean, theta, size, padding_mode="zeros")
+        out = affine_grid_sample(clean.float(), theta.float(), size, padding_mode="zeros")
     background = (0.6 + 0.4 * style[:, 7]).view(n, 1, 1, 1)
-    x = background * (1 - out.clamp(0, 1))
-    x = x.float()
+    x = (background * (1 - out.double().clamp(0, 1))).float()
     if noise > 0:
         x = (x + noise * torch.randn(x.shape, generator=generator)).clamp_(0, 1)
     targets, lengths = alphabet.encode(texts)
