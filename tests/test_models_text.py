@@ -211,3 +211,12 @@ def test_tasks_are_registered_and_use_ctc_targets():
     loss = TASKS["crnn"].loss_fn(model, (images, targets, lengths))
     expected = F.ctc_loss(model(images).log_softmax(2), targets, torch.full((5,), 32), lengths, zero_infinity=True)
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-5)  # float32 CTC, same batch (BN in train mode)
+
+
+def test_char_error_metric_is_the_edit_distance():
+    from visionops.models.crnn import _edit_distance
+
+    # textbook Levenshtein distances: substitutions, insertions and deletions each cost 1
+    assert _edit_distance("kitten", "sitting") == 3
+    assert _edit_distance("", "abc") == _edit_distance("abc", "") == 3
+    assert _edit_distance("ab", "ba") == 2 and _edit_distance("abc", "abc") == 0

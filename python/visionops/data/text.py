@@ -130,7 +130,7 @@ def _render(text: str, u: list[float], height: int, width: int, background: int,
         v = u[10 + 5 * j: 15 + 5 * j]
         xa, xb = v[0] * (width + height), v[1] * (width + height)
         ya, yb = v[2] * height, v[3] * height
-        shade = int(ink + (background - ink) * 0.4 * v[4])
+        shade = int(ink + (background - ink) * (0.45 + 0.3 * v[4]))  # fainter than the glyphs
         draw.line((xa, ya, xb, yb), fill=shade, width=1)
     # shear about the middle row: output (x, y) reads input (x + s (y - h/2) + h/2, y)
     shear = slant * (2 * u[1] - 1)
@@ -156,16 +156,16 @@ def captchas(
     min_len: int = 4,
     max_len: int = 6,
     font_sizes: tuple[int, int] = (18, 24),
-    slant: float = 0.35,
-    clutter_lines: int = 3,
+    slant: float = 0.3,
+    clutter_lines: int = 2,
     noise: float = 0.08,
     alphabet: Alphabet | None = None,
 ) -> TextBatch:
     """Renders ``n`` captchas: random strings of ``min_len..max_len`` characters
     over ``[0-9a-z]`` in Pillow's bundled font, with a random size, per-glyph
     vertical jitter and spacing, a random horizontal shear (slant, up to
-    ``slant`` pixels per pixel of height), up to ``clutter_lines`` random
-    lines, random contrast and additive Gaussian noise of standard deviation
+    ``slant`` pixels per pixel of height), ``clutter_lines`` random lines
+    fainter than the glyphs, random contrast and additive Gaussian noise of standard deviation
     ``noise``.
 
     Deterministic: the same generator state gives the same batch.

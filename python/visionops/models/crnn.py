@@ -71,7 +71,10 @@ class CRNN(_CTCRecognizer):
     2x1 and 1 (the paper's max-pools become strides: the width shrinks by 4,
     the height by 8; the last block keeps the width of the third), each image column of the
     feature map flattened and projected to ``hidden`` features, two
-    bidirectional LSTM (or GRU) layers, and a linear classifier per column.
+    bidirectional LSTM (or GRU) layers, and a linear classifier per column
+    that reads the RNN output plus (residually) the column's own projected
+    features; that shortcut lets CTC leave its initial all-blank plateau
+    after a few hundred steps instead of a few thousand.
 
     Args:
         num_classes: number of classes *including* the CTC blank (index 0),
@@ -284,6 +287,15 @@ def _held_out(kind: str, n: int) -> tuple:
     return batch.images, batch.texts
 
 
+def _edit_distance(a: str, b: str) -> int:
+    row = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        prev, row[0] = row[0], i
+        for j, cb in enumerate(b, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (ca != cb))
+    return row[-1]
+
+
 def _accuracy(model: nn.Module, device: torch.device, kind: str, n: int) -> dict[str, float]:
     images, texts = _held_out(kind, n)
     was_training = model.training
@@ -296,8 +308,9 @@ def _accuracy(model: nn.Module, device: torch.device, kind: str, n: int) -> dict
             guess = _ALPHABET.decode(labels.cpu())
             correct += guess == text
             chars += len(text)
-            errors += sum(a != b for a, b in zip(guess, text)) + abs(len(guess) - len(text))
+            errors += _edit_distance(guess, text)
     model.train(was_training)
+    # accuracy: whole strings right; char_error: edit distance per ground-truth character
     return {"accuracy": correct / n, "char_error": errors / max(chars, 1)}
 
 
@@ -325,10 +338,10 @@ _C = _ALPHABET.num_classes
 _register("crnn", lambda: CRNN(_C), "captchas", "CRNN + CTC on 32x128 captchas", batch_size=32, lr=2e-3,
           eval_every=200)
 _register("stn", lambda: STNRecognizer(_C), "affine", "affine STN + CRNN on affine-distorted 64x128 lines",
-          lr=1e-3, eval_every=100)
-_register("crnn-affine", lambda: CRNN(_C, height=64), "affine", "plain CRNN baseline for 'stn'", lr=1e-3,
-          eval_every=100)
-_register("rare", lambda: RARE(_C), "curved", "RARE (TPS) + CRNN on curved 64x128 lines", lr=1e-3,
-          eval_every=100)
-_register("crnn-curved", lambda: CRNN(_C, height=64), "curved", "plain CRNN baseline for 'rare'", lr=1e-3,
-          eval_every=100)
+          lr=2e-3, eval_every=150)
+_register("crnn-affine", lambda: CRNN(_C, height=64), "affine", "plain CRNN baseline for 'stn'", lr=2e-3,
+          eval_every=150)
+_register("rare", lambda: RARE(_C), "curved", "RARE (TPS) + CRNN on curved 64x128 lines", lr=2e-3,
+          eval_every=150)
+_register("crnn-curved", lambda: CRNN(_C, height=64), "curved", "plain CRNN baseline for 'rare'", lr=2e-3,
+          eval_every=150)
