@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("demo", help="check, a short benchmark, then a short CRNN training")
     p.add_argument("--out", default=None, help="folder for the benchmark's .md and .png (default: none)")
-    p.add_argument("--train-minutes", type=float, default=1.5, help="CRNN showcase training time (0: skip)")
+    p.add_argument("--train-minutes", type=float, default=3.0, help="CRNN showcase training time (0: skip)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("train", help="train a reference model on synthetic data and report its metric")

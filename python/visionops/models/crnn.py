@@ -337,7 +337,9 @@ def _register(name: str, build: Callable[[], nn.Module], kind: str, description:
 _C = _ALPHABET.num_classes
 _register("crnn", lambda: CRNN(_C), "captchas", "CRNN + CTC on 32x128 captchas", batch_size=32, lr=2e-3,
           eval_every=200)
-_register("stn", lambda: STNRecognizer(_C), "affine", "affine STN + CRNN on affine-distorted 64x128 lines",
+# the STN resamples to the input size, so at its identity start it *is* the baseline CRNN(height=64)
+_register("stn", lambda: STNRecognizer(_C, output_size=(64, 128)), "affine",
+          "affine STN + CRNN on affine-distorted 64x128 lines",
           lr=2e-3, eval_every=150)
 _register("crnn-affine", lambda: CRNN(_C, height=64), "affine", "plain CRNN baseline for 'stn'", lr=2e-3,
           eval_every=150)
