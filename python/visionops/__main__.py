@@ -76,17 +76,109 @@ def cmd_demo(args: argparse.Namespace) -> int:
               "(full run: python -m visionops train crnn --minutes 10)\n")
         result = train("crnn", minutes=args.train_minutes, device="cpu")
         print("held-out captchas: " + ", ".join(f"{k} {v:.3f}" for k, v in result.metrics.items()))
+        if result.model is not None:
+            from visionops.data import Alphabet, captchas
+
+            sample = captchas(6, torch.Generator().manual_seed(123))
+            guesses = Alphabet().decode_batch(result.model.eval().predict(sample.images))
+            print("  truth -> read: " + ", ".join(f"{t} -> {g}" for t, g in zip(sample.texts, guesses)))
     return status
+
+
+def _die_with_parent(sig: int) -> None:
+    """Ask Linux to send ``sig`` to this process when its parent dies (no-op elsewhere).
+
+    The launcher -> torchrun -> worker chain must not leave orphans training (and
+    overwriting checkpoints) when a process above them is killed with SIGKILL.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, sig)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _launch_torchrun(args: argparse.Namespace) -> int:
+    """Re-run this very command line under ``torch.distributed.run`` with ``--nproc`` workers."""
+    import signal
+    import subprocess
+
+    import visionops
+
+    if args.device.startswith("cuda"):
+        if not torch.cuda.is_available() or torch.cuda.device_count() < args.nproc:
+            print(f"--nproc {args.nproc} --device cuda needs {args.nproc} GPUs, found "
+                  f"{torch.cuda.device_count() if torch.cuda.is_available() else 0}", file=sys.stderr)
+            return 2
+    # the workers get this command line minus --nproc (torchrun's parser would take it for --nproc-per-node;
+    # the workers would ignore it anyway: they see WORLD_SIZE)
+    worker_argv, skip = [], False
+    for a in args.raw_argv:
+        if skip or a == "--nproc" or a.startswith("--nproc="):
+            skip = a == "--nproc"
+            continue
+        worker_argv.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}",
+           "--module", "visionops", *worker_argv]
+    env = dict(os.environ)
+    # workers must import this same visionops, even when it was found through sys.path edits
+    root = os.path.dirname(os.path.dirname(os.path.abspath(visionops.__file__)))
+    env["PYTHONPATH"] = os.pathsep.join([root] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    proc = subprocess.Popen(cmd, env=env, preexec_fn=lambda: _die_with_parent(signal.SIGTERM))
+
+    def forward(signum, _frame):
+        proc.send_signal(signum)  # torchrun stops its workers on SIGTERM / SIGINT
+
+    previous = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            previous[sig] = signal.signal(sig, forward)
+        except ValueError:  # not the main thread: no forwarding, PDEATHSIG still applies
+            pass
+    try:
+        return proc.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     import visionops.models  # noqa: F401  (registers the tasks)
-    from visionops.training import TASKS, train
+    from visionops.training import TASK_MODULES_ENV, TASKS, load_task_modules, train
 
+    modules = [m for m in os.environ.get(TASK_MODULES_ENV, "").replace(",", os.pathsep).split(os.pathsep) if m]
+    load_task_modules(modules + (args.task_module or []))
     if args.task not in TASKS:
         print(f"unknown task {args.task!r}; choose from {sorted(TASKS)}", file=sys.stderr)
         return 2
-    train(args.task, minutes=args.minutes, device=args.device, seed=args.seed, max_steps=args.max_steps)
+    if args.nproc < 1:
+        print(f"--nproc: expected >= 1, got {args.nproc}", file=sys.stderr)
+        return 2
+    if args.sync_bn and not args.device.startswith("cuda"):
+        print("--sync-bn needs --device cuda (torch has no CPU SyncBatchNorm)", file=sys.stderr)
+        return 2
+    if args.resume and not args.checkpoint_dir:
+        print("--resume needs --checkpoint-dir", file=sys.stderr)
+        return 2
+    if args.checkpoint_every < 1:
+        print(f"--checkpoint-every: expected >= 1, got {args.checkpoint_every}", file=sys.stderr)
+        return 2
+    in_worker = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if args.nproc > 1 and not in_worker:
+        return _launch_torchrun(args)
+    if in_worker and "TORCHELASTIC_RUN_ID" in os.environ:
+        import signal
+
+        _die_with_parent(signal.SIGKILL)  # the torchrun agent died: stop rather than train on alone
+        if os.getppid() == 1:
+            return 1
+    sync_bn = True if args.sync_bn else (False if args.no_sync_bn else None)
+    train(args.task, minutes=args.minutes, device=args.device, seed=args.seed, max_steps=args.max_steps,
+          checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every, resume=args.resume,
+          sync_bn=sync_bn)
     return 0
 
 
@@ -117,9 +209,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--nproc", type=int, default=1,
+                   help="data-parallel processes on this machine, launched with torchrun (DDP: gloo on CPU, "
+                        "NCCL with one GPU each on CUDA); the batch size is per process. Under your own "
+                        "torchrun (several machines) leave it out: the workers see WORLD_SIZE")
+    p.add_argument("--checkpoint-dir", default=None,
+                   help="write DIR/TASK.pt (model, optimiser, step, RNG states) every --checkpoint-every steps "
+                        "and at the end (default: no checkpoints)")
+    p.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints (default 100)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from DIR/TASK.pt (same --nproc); starts from scratch when there is none")
+    bn = p.add_mutually_exclusive_group()
+    bn.add_argument("--sync-bn", action="store_true",
+                    help="convert BatchNorm to SyncBatchNorm (CUDA only; default: on for CUDA with --nproc > 1)")
+    bn.add_argument("--no-sync-bn", action="store_true", help="keep per-process BatchNorm statistics")
+    p.add_argument("--task-module", action="append", metavar="MODULE",
+                   help="import this module (dotted name or .py path) first, for tasks it registers; "
+                        "repeatable; also read from $VISIONOPS_TASK_MODULES (os.pathsep/comma separated)")
     p.set_defaults(func=cmd_train)
 
-    args = parser.parse_args(argv)
+    raw_argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(raw_argv)
+    args.raw_argv = raw_argv
     return args.func(args)
 
 
