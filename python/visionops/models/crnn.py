@@ -143,10 +143,20 @@ class CRNN(_CTCRecognizer):
 
 
 class _Localizer(nn.Module):
-    """Small CNN regressing ``outputs`` numbers from the (whole) input image; the
-    last layer starts at zero weights and bias ``init`` (the identity warp)."""
+    """Small CNN regressing ``outputs`` numbers from the (whole) input image:
+    ``init + step_scale * out(features)``, ``out`` starting at zero weights and
+    bias, so training starts from the identity warp ``init``.
 
-    def __init__(self, in_channels: int, outputs: int, init: Tensor, backend: str) -> None:
+    ``step_scale`` (0.1) makes the warp move 10x slower than the recogniser's
+    weights under Adam (whose step per parameter is ~lr whatever the gradient
+    size): during CTC's all-blank plateau the localiser's gradients are noise,
+    and at full rate they drift the warp away from the text before the
+    recogniser can give them a signal.
+    """
+
+    init: Tensor
+
+    def __init__(self, in_channels: int, outputs: int, init: Tensor, backend: str, step_scale: float = 0.1) -> None:
         super().__init__()
         conv = _conv_class(backend)
         layers: list[nn.Module] = []
@@ -158,12 +168,13 @@ class _Localizer(nn.Module):
         self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d((2, 4)), nn.Flatten())
         self.fc = nn.Sequential(nn.Linear(c_in * 8, 128), nn.ReLU(inplace=True))
         self.out = nn.Linear(128, outputs)
+        self.step_scale = step_scale
         nn.init.zeros_(self.out.weight)
-        with torch.no_grad():
-            self.out.bias.copy_(init.reshape(-1))
+        nn.init.zeros_(self.out.bias)
+        self.register_buffer("init", init.reshape(-1).clone())
 
     def forward(self, images: Tensor) -> Tensor:
-        return self.out(self.fc(self.features(images)))
+        return self.init + self.step_scale * self.out(self.fc(self.features(images)))
 
 
 class STNRecognizer(_CTCRecognizer):
