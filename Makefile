@@ -17,7 +17,7 @@ DEPS := $(VENV)/.requirements-installed
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 endif
 
-.PHONY: demo test build check bench clean
+.PHONY: demo test build check bench asan clean
 
 demo: build
 	$(PY) -m visionops demo
@@ -39,6 +39,11 @@ $(VENV)/.requirements-installed: requirements.txt
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --disable-pip-version-check -q -r requirements.txt
 	touch $@
+
+# C++ CPU kernels under AddressSanitizer + UBSan (build/asan, CUDA off), then the
+# CPU tests against that build (tools/asan.sh; PYTEST_ARGS replaces its test selection)
+asan: $(DEPS)
+	PY=$(PY) tools/asan.sh $(PYTEST_ARGS)
 
 clean:
 	rm -rf build dist

@@ -322,6 +322,16 @@ void grid_grad_impl(const at::Tensor& grad, const at::Tensor& input, const at::T
   });
 }
 
+// Channels per backward task. A function of the shape only, never of the thread
+// count: the grid gradient is summed per channel block and the blocks are then
+// added, so the grouping must not change with the machine or
+// torch.set_num_threads (it did: results differed in the last bits). 32 tasks
+// keep the usual core counts busy when the batch is one RGB image.
+inline int64_t channel_block(int64_t N, int64_t C) {
+  constexpr int64_t kTasks = 32;
+  return std::clamp<int64_t>((N * C) / kTasks, 1, 16);
+}
+
 // grad_acc: opmath dtype, [N, C, H, W] in the input's layout. A task owns the
 // planes of one image and a block of channels and visits the output points in
 // order: deterministic, and the taps of a point are computed once per block.
@@ -338,9 +348,7 @@ void input_grad_impl(const at::Tensor& grad, const at::Tensor& grid, at::Tensor&
   const scalar_t* g = grad.const_data_ptr<scalar_t>();
   const scalar_t* gr = grid.const_data_ptr<scalar_t>();
   T* acc = grad_acc.mutable_data_ptr<T>();
-  // enough tasks to keep every thread busy when the batch is small (one RGB image)
-  const int64_t want_tasks = 4 * at::get_num_threads();
-  const int64_t block = std::clamp<int64_t>((N * C) / std::max<int64_t>(want_tasks, 1), 1, 16);
+  const int64_t block = channel_block(N, C);
   const int64_t blocks = (C + block - 1) / block;
   at::parallel_for(0, N * blocks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
@@ -391,8 +399,7 @@ void both_grads_impl(const at::Tensor& grad, const at::Tensor& input, const at::
   const scalar_t* gr = grid.const_data_ptr<scalar_t>();
   T* acc = grad_acc.mutable_data_ptr<T>();
   scalar_t* gg = grad_grid.mutable_data_ptr<scalar_t>();
-  const int64_t want_tasks = 4 * at::get_num_threads();
-  const int64_t block = std::clamp<int64_t>((N * C) / std::max<int64_t>(want_tasks, 1), 1, 16);
+  const int64_t block = channel_block(N, C);
   const int64_t blocks = (C + block - 1) / block;
   std::vector<T> partial(blocks > 1 ? blocks * N * P * 2 : 0);
   at::parallel_for(0, N * blocks, 1, [&](int64_t begin, int64_t end) {

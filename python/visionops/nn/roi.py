@@ -22,7 +22,7 @@ class RoIAlign(nn.Module):
     torch.Size([1, 8, 7, 7])
     """
 
-    def __init__(self, output_size, spatial_scale: float, sampling_ratio: int, aligned: bool = False):
+    def __init__(self, output_size: int | tuple[int, int], spatial_scale: float, sampling_ratio: int, aligned: bool = False):
         super().__init__()
         self.output_size = output_size
         self.spatial_scale = spatial_scale
@@ -46,7 +46,7 @@ class RoIPool(nn.Module):
     torch.Size([1, 4, 2, 3])
     """
 
-    def __init__(self, output_size, spatial_scale: float):
+    def __init__(self, output_size: int | tuple[int, int], spatial_scale: float):
         super().__init__()
         self.output_size = output_size
         self.spatial_scale = spatial_scale
@@ -87,7 +87,7 @@ class MultiScaleRoIAlign(nn.Module):
     def __init__(
         self,
         featmap_names: Sequence[str],
-        output_size,
+        output_size: int | tuple[int, int],
         sampling_ratio: int,
         *,
         canonical_scale: int = 224,

@@ -21,7 +21,7 @@ class RoIAlignRotated(nn.Module):
     torch.Size([1, 8, 7, 7])
     """
 
-    def __init__(self, output_size, spatial_scale: float, sampling_ratio: int, aligned: bool = True):
+    def __init__(self, output_size: int | tuple[int, int], spatial_scale: float, sampling_ratio: int, aligned: bool = True):
         super().__init__()
         self.output_size = output_size
         self.spatial_scale = spatial_scale
@@ -46,7 +46,7 @@ class RoIPoolRotated(nn.Module):
     torch.Size([1, 4, 2, 3])
     """
 
-    def __init__(self, output_size, spatial_scale: float):
+    def __init__(self, output_size: int | tuple[int, int], spatial_scale: float):
         super().__init__()
         self.output_size = output_size
         self.spatial_scale = spatial_scale

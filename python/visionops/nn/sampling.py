@@ -20,7 +20,7 @@ class AffineGridSampler(nn.Module):
     torch.Size([2, 3, 8, 16])
     """
 
-    def __init__(self, output_size, mode: str = "bilinear", padding_mode: str = "zeros", align_corners: bool = False):
+    def __init__(self, output_size: int | tuple[int, int], mode: str = "bilinear", padding_mode: str = "zeros", align_corners: bool = False):
         super().__init__()
         self.output_size = output_size
         self.mode = mode
@@ -52,7 +52,7 @@ class TPSGridSampler(nn.Module):
 
     def __init__(
         self,
-        output_size=(32, 100),
+        output_size: int | tuple[int, int] = (32, 100),
         num_fiducial: int = 20,
         mode: str = "bilinear",
         padding_mode: str = "border",

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._registry import memory_format_of, register_float32_autocast
+from ._registry import memory_format_of, register_float32_autocast, register_no_double_backward
 
 
 def register_pooling_ops(align: str, pool: str, roi_columns: int) -> None:
@@ -92,5 +92,7 @@ def register_pooling_ops(align: str, pool: str, roi_columns: int) -> None:
 
     torch.library.register_autograd(f"visionops::{align}", align_grad, setup_context=align_setup_context)
     torch.library.register_autograd(f"visionops::{pool}", pool_grad, setup_context=pool_setup_context)
+    register_no_double_backward(f"_{align}_backward", align)
+    register_no_double_backward(f"_{pool}_backward", pool)
     register_float32_autocast(align)
     register_float32_autocast(pool)

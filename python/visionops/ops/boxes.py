@@ -26,7 +26,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ._registry import check_tensor, register_float32_autocast
+from ._registry import check_tensor, register_float32_autocast, register_no_double_backward
 
 __all__ = ["box_iou", "nms", "batched_nms", "nms_fixed"]
 
@@ -210,6 +210,7 @@ def _box_iou_backward(ctx, grad):
 
 
 torch.library.register_autograd("visionops::box_iou", _box_iou_backward, setup_context=_box_iou_setup_context)
+register_no_double_backward("_box_iou_backward", "box_iou")
 
 # ---------------------------------------------------------------- autocast
 # Boxes are never rounded to 16 bits by autocast: the ops run in float32 and

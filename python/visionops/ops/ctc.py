@@ -13,7 +13,7 @@ from typing import Sequence, Union
 import torch
 from torch import Tensor
 
-from ._registry import _lib, check_tensor
+from ._registry import _lib, check_tensor, register_no_double_backward
 
 __all__ = ["ctc_loss", "ctc_greedy_decode", "ctc_beam_search_decode"]
 
@@ -298,6 +298,7 @@ def _ctc_backward(ctx, grad, _grad_log_alpha):
 
 
 torch.library.register_autograd("visionops::ctc_loss", _ctc_backward, setup_context=_ctc_setup_context)
+register_no_double_backward("_ctc_loss_backward", "ctc_loss")
 
 # ---------------------------------------------------------------- autocast
 

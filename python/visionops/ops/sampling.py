@@ -24,7 +24,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from ._registry import check_tensor, memory_format_of, pair, register_float32_autocast
+from ._registry import check_tensor, memory_format_of, pair, register_float32_autocast, register_no_double_backward
 
 __all__ = [
     "grid_sample",
@@ -213,6 +213,8 @@ def _check_tps_points(target: Tensor) -> None:
     if torch.compiler.is_compiling() or target.numel() == 0:
         return
     t = target.detach().double()
+    if not bool(t.isfinite().all()):
+        raise ValueError("tps_fit: target_points must be finite (NaN or infinite control points)")
     centred = t - t.mean(dim=1, keepdim=True)
     cov = centred.transpose(1, 2) @ centred
     det = cov[:, 0, 0] * cov[:, 1, 1] - cov[:, 0, 1] ** 2
@@ -283,11 +285,14 @@ def tps_fit(source_points: Tensor, target_points: Tensor, regularization: float 
     bottom = torch.cat([p.transpose(1, 2), torch.zeros(b, 3, 3, dtype=torch.float64, device=c.device)], dim=2)
     system = torch.cat([top, bottom], dim=1)
     rhs = torch.cat([s, torch.zeros(b, 3, 2, dtype=torch.float64, device=c.device)], dim=1)
-    solution = torch.linalg.solve(system, rhs)
+    try:
+        solution = torch.linalg.solve(system, rhs)
+    except torch.linalg.LinAlgError as err:  # passed the checks above, singular in floating point all the same
+        raise ValueError(f"tps_fit: the TPS system of target_points is singular ({err})") from err
     return solution[:, :k].to(dtype), solution[:, k:].to(dtype)
 
 
-def rare_fiducials(num_fiducial: int = 20, dtype: torch.dtype = torch.float32, device=None) -> Tensor:
+def rare_fiducials(num_fiducial: int = 20, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> Tensor:
     """RARE's base fiducials: ``K / 2`` points evenly spaced along the top edge
     (y = -1) and ``K / 2`` along the bottom edge (y = 1) of the output, x from
     -1 to 1. Returns ``[K, 2]``.
@@ -483,7 +488,7 @@ def _affine_bwd(ctx, grad):
     grad_theta = None
     if mask[1]:
         base = _base_grid(height, width, align_corners, theta.dtype, theta.device)  # [P, 3]
-        grad_theta = torch.matmul(grad_grid.reshape(theta.size(0), -1, 2).transpose(1, 2), base)
+        grad_theta = torch.matmul(grad_grid.reshape(theta.size(0), height * width, 2).transpose(1, 2), base)  # -1 fails for N = 0
     return (grad_input if mask[0] else None), grad_theta, None, None, None, None, None
 
 
@@ -537,6 +542,8 @@ def _tps_sample_bwd(ctx, grad):
 
 
 torch.library.register_autograd("visionops::tps_grid_sample", _tps_sample_bwd, setup_context=_tps_sample_setup_context)
+register_no_double_backward("_grid_sample_backward", "grid_sample / affine_grid_sample / tps_grid_sample")
+register_no_double_backward("_tps_grid_backward", "tps_grid / tps_grid_sample")
 
 # ---------------------------------------------------------------- autocast
 
