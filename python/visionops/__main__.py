@@ -68,6 +68,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     status = cmd_check(argparse.Namespace(device=None))
     print("\nShort side-by-side timing (quick sizes; full run: python -m visionops bench)\n")
     cmd_bench(argparse.Namespace(family=None, device=None, quick=True, out=args.out, threads=None))
+    if args.train_minutes > 0:
+        import visionops.models  # noqa: F401  (registers the tasks)
+        from visionops.training import train
+
+        print(f"\nShowcase: CRNN + visionops CTC on synthetic captchas, {args.train_minutes:g} min on the CPU "
+              "(full run: python -m visionops train crnn --minutes 10)\n")
+        result = train("crnn", minutes=args.train_minutes, device="cpu")
+        print("held-out captchas: " + ", ".join(f"{k} {v:.3f}" for k, v in result.metrics.items()))
+        if result.model is not None:
+            from visionops.data import Alphabet, captchas
+
+            sample = captchas(6, torch.Generator().manual_seed(123))
+            guesses = Alphabet().decode_batch(result.model.eval().predict(sample.images))
+            print("  truth -> read: " + ", ".join(f"{t} -> {g}" for t, g in zip(sample.texts, guesses)))
     return status
 
 
@@ -184,8 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("demo", help="check, then a short benchmark")
+    p = sub.add_parser("demo", help="check, a short benchmark, then a short CRNN training")
     p.add_argument("--out", default=None, help="folder for the benchmark's .md and .png (default: none)")
+    p.add_argument("--train-minutes", type=float, default=3.0, help="CRNN showcase training time (0: skip)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("train", help="train a reference model on synthetic data and report its metric")

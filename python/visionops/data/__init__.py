@@ -2,5 +2,7 @@
 
 from .boxes import random_boxes, random_rois
 from .rotated import rotated_bars
+from .text import ALPHABET, Alphabet, TextBatch, captchas, random_strings, text_lines
 
-__all__ = ["random_boxes", "random_rois", "rotated_bars"]
+__all__ = ["random_boxes", "random_rois", "rotated_bars", "ALPHABET", "Alphabet", "TextBatch", "captchas",
+           "random_strings", "text_lines"]

@@ -67,3 +67,8 @@ __all__ += [
     "rotated_base_anchors",
     "rotated_proposals",
 ]
+
+# --- text recognition (issue 8: CRNN, STN, RARE); importing registers crnn, stn, rare, crnn-affine, crnn-curved ---
+from .crnn import CRNN, RARE, STNRecognizer  # noqa: E402
+
+__all__ += ["CRNN", "STNRecognizer", "RARE"]

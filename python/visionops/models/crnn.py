@@ -1,0 +1,360 @@
+"""Text recognisers trained with CTC: CRNN (Shi et al. 2015), an affine spatial
+transformer in front of it (STN, Jaderberg et al. 2015) and RARE's
+thin-plate-spline rectifier (Shi et al. 2016).
+
+Every model takes ``backend="visionops"`` (convolutions from
+:mod:`visionops.models._layers`, :func:`visionops.ops.ctc_loss`, the visionops
+samplers) or ``backend="torch"`` (``torch.nn.Conv2d``, ``F.ctc_loss``,
+``F.affine_grid`` + ``F.grid_sample``, a TPS written with torch ops): the two
+builds have the same parameters and state dict, so one's weights load into the
+other, which is how the tests check the visionops ops inside real networks.
+
+Importing this module registers the training tasks ``crnn`` (captchas),
+``stn`` / ``crnn-affine`` (affine-distorted text lines) and ``rare`` /
+``crnn-curved`` (curved text lines) with :mod:`visionops.training`.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..data.text import Alphabet, captchas, text_lines
+from ..nn.sampling import AffineGridSampler, TPSGridSampler
+from ..ops.ctc import ctc_greedy_decode, ctc_loss
+from ..ops.sampling import rare_fiducials
+from ..training import Task, register_task
+from ._layers import Conv2d
+
+__all__ = ["CRNN", "STNRecognizer", "RARE", "torch_tps_grid_sample"]
+
+_BACKENDS = ("visionops", "torch")
+
+
+def _conv_class(backend: str) -> type[nn.Conv2d]:
+    if backend not in _BACKENDS:
+        raise ValueError(f"backend: expected one of {_BACKENDS}, got {backend!r}")
+    return Conv2d if backend == "visionops" else nn.Conv2d
+
+
+class _CTCRecognizer(nn.Module):
+    """Shared CTC plumbing: ``forward`` returns ``[T, N, num_classes]`` scores."""
+
+    backend: str
+
+    def loss(self, images: Tensor, targets: Tensor, target_lengths: Tensor) -> Tensor:
+        """Mean CTC loss (``reduction="mean"``, blank 0, ``zero_infinity``) of the
+        batch, with this build's CTC (visionops or ``F.ctc_loss``)."""
+        log_probs = self(images).log_softmax(2)
+        t, n = log_probs.shape[:2]
+        input_lengths = torch.full((n,), t, dtype=torch.long)
+        ctc = ctc_loss if self.backend == "visionops" else F.ctc_loss
+        return ctc(log_probs, targets, input_lengths, target_lengths.cpu(), blank=0, reduction="mean",
+                   zero_infinity=True)
+
+    @torch.no_grad()
+    def predict(self, images: Tensor) -> list[Tensor]:
+        """Greedy CTC decoding: one int64 label tensor (blanks and repeats removed) per image."""
+        scores = self(images)
+        t, n = scores.shape[:2]
+        return ctc_greedy_decode(scores, [t] * n, blank=0)
+
+
+class CRNN(_CTCRecognizer):
+    """Convolutional recurrent network for text lines.
+
+    Four blocks of 3x3 convolution + BatchNorm + ReLU, with strides 2x2, 2x2,
+    2x1 and 1 (the paper's max-pools become strides: the width shrinks by 4,
+    the height by 8; the last block keeps the width of the third), each image column of the
+    feature map flattened and projected to ``hidden`` features, two
+    bidirectional LSTM (or GRU) layers, and a linear classifier per column
+    that reads the RNN output plus (residually) the column's own projected
+    features; that shortcut lets CTC leave its initial all-blank plateau
+    after a few hundred steps instead of a few thousand.
+
+    Args:
+        num_classes: number of classes *including* the CTC blank (index 0),
+            e.g. :attr:`visionops.data.Alphabet.num_classes`.
+        in_channels, height: input images are ``[N, in_channels, height, W]``;
+            ``height`` must be a multiple of 8, any ``W >= 4``.
+        rnn: ``"lstm"`` or ``"gru"``.
+        hidden: width of the projection and of each RNN direction.
+        channels: output channels of the first three conv blocks (the fourth keeps the third's).
+        backend: ``"visionops"`` or ``"torch"`` (see the module docstring).
+
+    ``forward`` returns ``[T, N, num_classes]`` unnormalised scores with
+    ``T = ceil(W / 4)`` (:meth:`output_length`); apply ``log_softmax(2)`` for CTC.
+
+    >>> model = CRNN(37)
+    >>> model(torch.zeros(2, 1, 32, 128)).shape
+    torch.Size([32, 2, 37])
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        in_channels: int = 1,
+        height: int = 32,
+        rnn: str = "lstm",
+        hidden: int = 96,
+        channels: tuple[int, int, int] = (16, 32, 64),
+        backend: str = "visionops",
+    ) -> None:
+        super().__init__()
+        if height % 8 or height <= 0:
+            raise ValueError(f"height: expected a positive multiple of 8, got {height}")
+        if rnn not in ("lstm", "gru"):
+            raise ValueError(f"rnn: expected 'lstm' or 'gru', got {rnn!r}")
+        conv = _conv_class(backend)
+        self.backend = backend
+        self.num_classes, self.height = num_classes, height
+        layers: list[nn.Module] = []
+        c_in = in_channels
+        # strided convolutions instead of conv + max-pool: the same downsampling, 4x cheaper on a CPU
+        for c_out, stride in zip((*channels, channels[-1]), ((2, 2), (2, 2), (2, 1), (1, 1))):
+            layers += [conv(c_in, c_out, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(c_out),
+                       nn.ReLU(inplace=True)]
+            c_in = c_out
+        self.features = nn.Sequential(*layers)
+        self.project = nn.Linear(c_in * (height // 8), hidden)
+        rnn_class = nn.LSTM if rnn == "lstm" else nn.GRU
+        self.rnn = rnn_class(hidden, hidden, num_layers=2, bidirectional=True)
+        self.classifier = nn.Linear(2 * hidden, num_classes)
+
+    @staticmethod
+    def output_length(width: int) -> int:
+        """Sequence length T for an input of width ``width``."""
+        return (width + 3) // 4  # ceil(ceil(W / 2) / 2)
+
+    def forward(self, images: Tensor) -> Tensor:
+        if images.dim() != 4 or images.shape[2] != self.height:
+            raise ValueError(f"images: expected [N, C, height={self.height}, W], got shape {tuple(images.shape)}")
+        f = self.features(images)  # [N, C, H/8, W/4]
+        n, c, h, w = f.shape
+        seq = torch.relu(self.project(f.permute(3, 0, 1, 2).reshape(w, n, c * h)))
+        context, _ = self.rnn(seq)
+        # residual path around the RNN: each column's own features reach the classifier
+        # directly, which shortens CTC's initial all-blank plateau a lot on a small budget
+        return self.classifier(context + seq.repeat(1, 1, 2))
+
+
+class _Localizer(nn.Module):
+    """Small CNN regressing ``outputs`` numbers from the (whole) input image:
+    ``init + step_scale * out(features)``, ``out`` starting at zero weights and
+    bias, so training starts from the identity warp ``init``.
+
+    ``step_scale`` (0.1) makes the warp move 10x slower than the recogniser's
+    weights under Adam (whose step per parameter is ~lr whatever the gradient
+    size): during CTC's all-blank plateau the localiser's gradients are noise,
+    and at full rate they drift the warp away from the text before the
+    recogniser can give them a signal.
+    """
+
+    init: Tensor
+
+    def __init__(self, in_channels: int, outputs: int, init: Tensor, backend: str, step_scale: float = 0.1) -> None:
+        super().__init__()
+        conv = _conv_class(backend)
+        layers: list[nn.Module] = []
+        c_in = in_channels
+        for c_out in (16, 32, 64, 64):
+            layers += [conv(c_in, c_out, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c_out),
+                       nn.ReLU(inplace=True)]
+            c_in = c_out
+        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d((2, 4)), nn.Flatten())
+        self.fc = nn.Sequential(nn.Linear(c_in * 8, 128), nn.ReLU(inplace=True))
+        self.out = nn.Linear(128, outputs)
+        self.step_scale = step_scale
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+        self.register_buffer("init", init.reshape(-1).clone())
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.init + self.step_scale * self.out(self.fc(self.features(images)))
+
+
+class STNRecognizer(_CTCRecognizer):
+    """Affine spatial transformer + CRNN: a localisation network predicts
+    ``theta [N, 2, 3]`` (initialised to the identity), the image is resampled to
+    ``output_size`` with :class:`visionops.nn.AffineGridSampler` (border
+    padding), and a :class:`CRNN` of height ``output_size[0]`` reads it.
+
+    >>> model = STNRecognizer(37)
+    >>> model(torch.rand(2, 1, 64, 128)).shape
+    torch.Size([25, 2, 37])
+    """
+
+    def __init__(self, num_classes: int, in_channels: int = 1, output_size: tuple[int, int] = (32, 100),
+                 rnn: str = "lstm", hidden: int = 96, backend: str = "visionops") -> None:
+        super().__init__()
+        self.backend = backend
+        self.output_size = tuple(output_size)
+        self.localizer = _Localizer(in_channels, 6, torch.eye(2, 3), backend)
+        self.sampler = AffineGridSampler(self.output_size, padding_mode="border")
+        self.crnn = CRNN(num_classes, in_channels, self.output_size[0], rnn, hidden, backend=backend)
+
+    def rectify(self, images: Tensor) -> Tensor:
+        """The ``[N, C, *output_size]`` image the CRNN reads."""
+        theta = self.localizer(images).view(-1, 2, 3)
+        if self.backend == "visionops":
+            return self.sampler(images, theta)
+        grid = F.affine_grid(theta, [images.shape[0], images.shape[1], *self.output_size], align_corners=False)
+        return F.grid_sample(images, grid, padding_mode="border", align_corners=False)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.crnn(self.rectify(images))
+
+
+def torch_tps_grid_sample(images: Tensor, source_points: Tensor, target_points: Tensor,
+                          output_size: tuple[int, int], padding_mode: str = "border") -> Tensor:
+    """RARE's TPS rectification in plain torch ops (the ``backend="torch"`` twin
+    of :class:`visionops.nn.TPSGridSampler`): solve
+    ``[[R, P], [P^T, 0]] [w; a] = [source; 0]`` in float64 with
+    ``R_ij = d_ij^2 log d_ij^2`` over the ``target_points [K, 2]`` and
+    ``P = [1, c]``, evaluate ``[U(|p - c_k|), 1, x, y] @ [w; a]`` at every output
+    pixel centre (``align_corners=False``) and ``F.grid_sample`` there.
+
+    >>> c = rare_fiducials(20)
+    >>> x = torch.rand(1, 1, 32, 100)
+    >>> torch.allclose(torch_tps_grid_sample(x, c[None], c, (32, 100)), x, atol=1e-5)
+    True
+    """
+    def u(d2: Tensor) -> Tensor:
+        return torch.where(d2 > 0, d2 * torch.log(d2.clamp_min(1e-300)), torch.zeros_like(d2))
+
+    b, k = source_points.shape[0], target_points.shape[0]
+    c = target_points.double()
+    p = torch.cat([torch.ones(k, 1, dtype=c.dtype, device=c.device), c], dim=1)
+    system = torch.cat([torch.cat([u(torch.cdist(c, c) ** 2), p], 1),
+                        torch.cat([p.t(), torch.zeros(3, 3, dtype=c.dtype, device=c.device)], 1)], 0)
+    rhs = torch.cat([source_points.double(), torch.zeros(b, 3, 2, dtype=c.dtype, device=c.device)], dim=1)
+    coeffs = torch.linalg.solve(system, rhs)  # [B, K + 3, 2]
+    h, w = output_size
+    ys = (torch.arange(h, dtype=c.dtype, device=c.device) * 2 + 1) / h - 1
+    xs = (torch.arange(w, dtype=c.dtype, device=c.device) * 2 + 1) / w - 1
+    pts = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1).reshape(-1, 2)  # [H*W, 2], x fastest
+    basis = torch.cat([u(((pts[:, None] - c[None]) ** 2).sum(-1)), torch.ones(h * w, 1, dtype=c.dtype, device=c.device),
+                       pts], dim=1)  # [H*W, K + 3]
+    grid = (basis @ coeffs).view(b, h, w, 2).to(images.dtype)
+    return F.grid_sample(images, grid, padding_mode=padding_mode, align_corners=False)
+
+
+class RARE(_CTCRecognizer):
+    """RARE's spatial transformer + CRNN: a localisation network predicts
+    ``num_fiducial`` points in the input (normalised coordinates, initialised
+    to the base fiducials of :func:`visionops.ops.rare_fiducials`, so training
+    starts from the identity warp), :class:`visionops.nn.TPSGridSampler` maps
+    the ``output_size`` (32 x 100) rectified image onto them, and a
+    :class:`CRNN` reads the result.
+
+    The paper bounds the points with ``tanh``; the output layer here is linear
+    because the base fiducials lie on the image border (``tanh`` would need an
+    infinite bias to start at the identity).
+
+    >>> model = RARE(37)
+    >>> model(torch.rand(2, 1, 64, 128)).shape
+    torch.Size([25, 2, 37])
+    """
+
+    def __init__(self, num_classes: int, in_channels: int = 1, output_size: tuple[int, int] = (32, 100),
+                 num_fiducial: int = 20, rnn: str = "lstm", hidden: int = 96, backend: str = "visionops") -> None:
+        super().__init__()
+        self.backend = backend
+        self.output_size = tuple(output_size)
+        self.num_fiducial = num_fiducial
+        self.localizer = _Localizer(in_channels, 2 * num_fiducial, rare_fiducials(num_fiducial), backend)
+        self.sampler = TPSGridSampler(self.output_size, num_fiducial, padding_mode="border")
+        self.crnn = CRNN(num_classes, in_channels, self.output_size[0], rnn, hidden, backend=backend)
+
+    def fiducials(self, images: Tensor) -> Tensor:
+        """Predicted source fiducials ``[N, K, 2]`` in the input image."""
+        return self.localizer(images).view(-1, self.num_fiducial, 2)
+
+    def rectify(self, images: Tensor) -> Tensor:
+        points = self.fiducials(images)
+        if self.backend == "visionops":
+            return self.sampler(images, points)
+        return torch_tps_grid_sample(images, points, self.sampler.target_points, self.output_size)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.crnn(self.rectify(images))
+
+
+# ---------------------------------------------------------------- training tasks
+
+_ALPHABET = Alphabet()
+
+
+@functools.lru_cache(maxsize=8)
+def _held_out(kind: str, n: int) -> tuple:
+    """The fixed evaluation set of a task (seed 2024, never used for training:
+    training batches come from the harness's generator, seeded 0 by default)."""
+    g = torch.Generator().manual_seed(2024)
+    batch = captchas(n, g) if kind == "captchas" else text_lines(n, g, distortion=kind)
+    return batch.images, batch.texts
+
+
+def _edit_distance(a: str, b: str) -> int:
+    row = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        prev, row[0] = row[0], i
+        for j, cb in enumerate(b, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (ca != cb))
+    return row[-1]
+
+
+def _accuracy(model: nn.Module, device: torch.device, kind: str, n: int) -> dict[str, float]:
+    images, texts = _held_out(kind, n)
+    was_training = model.training
+    model.eval()
+    correct = 0
+    chars = errors = 0
+    for i in range(0, n, 128):
+        decoded = model.predict(images[i:i + 128].to(device))
+        for labels, text in zip(decoded, texts[i:i + 128]):
+            guess = _ALPHABET.decode(labels.cpu())
+            correct += guess == text
+            chars += len(text)
+            errors += _edit_distance(guess, text)
+    model.train(was_training)
+    # accuracy: whole strings right; char_error: edit distance per ground-truth character
+    return {"accuracy": correct / n, "char_error": errors / max(chars, 1)}
+
+
+def _loss(model: nn.Module, batch: tuple) -> Tensor:
+    images, targets, target_lengths = batch[:3]
+    return model.loss(images, targets, target_lengths)
+
+
+def _register(name: str, build: Callable[[], nn.Module], kind: str, description: str, **kw) -> None:
+    if kind == "captchas":
+        def make_batch(g: torch.Generator, n: int) -> tuple:
+            return tuple(captchas(n, g))[:3]
+    else:
+        def make_batch(g: torch.Generator, n: int) -> tuple:
+            return tuple(text_lines(n, g, distortion=kind))[:3]
+    eval_n = 500
+    register_task(Task(
+        name=name, build_model=build, make_batch=make_batch, loss_fn=_loss,
+        evaluate=lambda model, device: _accuracy(model, device, kind, eval_n),
+        metric="accuracy", description=description, **kw,
+    ))
+
+
+_C = _ALPHABET.num_classes
+_register("crnn", lambda: CRNN(_C), "captchas", "CRNN + CTC on 32x128 captchas", batch_size=32, lr=2e-3,
+          eval_every=200)
+# the STN resamples to the input size, so at its identity start it *is* the baseline CRNN(height=64)
+_register("stn", lambda: STNRecognizer(_C, output_size=(64, 128)), "affine",
+          "affine STN + CRNN on affine-distorted 64x128 lines",
+          lr=2e-3, eval_every=150)
+_register("crnn-affine", lambda: CRNN(_C, height=64), "affine", "plain CRNN baseline for 'stn'", lr=2e-3,
+          eval_every=150)
+_register("rare", lambda: RARE(_C), "curved", "RARE (TPS) + CRNN on curved 64x128 lines", lr=2e-3,
+          eval_every=150)
+_register("crnn-curved", lambda: CRNN(_C, height=64), "curved", "plain CRNN baseline for 'rare'", lr=2e-3,
+          eval_every=150)

@@ -1,0 +1,222 @@
+"""Text recognisers (CRNN, STN, RARE) and their synthetic data.
+
+The central check: each model built on visionops ops (``backend="visionops"``)
+and its twin built on torch ops (``backend="torch"``: ``nn.Conv2d``,
+``F.ctc_loss``, ``F.affine_grid`` + ``F.grid_sample``, a TPS solved and
+evaluated with plain torch ops) give the same scores, CTC loss and gradients
+with the same weights.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import DEVICES
+from visionops.data import ALPHABET, Alphabet, captchas, text_lines
+from visionops.models import CRNN, RARE, STNRecognizer
+from visionops.models.crnn import torch_tps_grid_sample
+from visionops.ops import rare_fiducials
+
+NUM_CLASSES = len(ALPHABET) + 1
+
+
+# ---------------------------------------------------------------- data
+
+
+def test_alphabet_round_trip_and_blank_convention():
+    a = Alphabet()
+    assert a.num_classes == 37
+    targets, lengths = a.encode(["0az9", "b", ""])
+    assert targets.tolist() == [[1, 11, 36, 10], [12, 0, 0, 0], [0, 0, 0, 0]]
+    assert lengths.tolist() == [4, 1, 0]
+    assert a.decode(targets[0]) == "0az9"
+    with pytest.raises(ValueError, match="not in the alphabet"):
+        a.encode(["aB"])
+
+
+@pytest.mark.parametrize("make", [captchas, lambda n, g: text_lines(n, g, distortion="affine"),
+                                  lambda n, g: text_lines(n, g, distortion="curved")])
+def test_generators_are_deterministic_and_labels_decode_back(make):
+    a = make(6, torch.Generator().manual_seed(7))
+    b = make(6, torch.Generator().manual_seed(7))
+    c = make(6, torch.Generator().manual_seed(8))
+    assert torch.equal(a.images, b.images) and a.texts == b.texts and torch.equal(a.targets, b.targets)
+    assert a.texts != c.texts and not torch.equal(a.images, c.images)
+    assert a.images.dtype == torch.float32 and a.images.min() >= 0 and a.images.max() <= 1
+    alphabet = Alphabet()
+    for text, row, length in zip(a.texts, a.targets, a.target_lengths):
+        assert 4 <= len(text) <= 6 and set(text) <= set(ALPHABET)
+        assert int(length) == len(text)
+        assert alphabet.decode(row[:length]) == text
+        assert (row[length:] == 0).all() and (row[:length] > 0).all()  # padding only; no blank inside
+
+
+def test_captchas_fixed_size_and_ink_present():
+    batch = captchas(8, torch.Generator().manual_seed(0), width=160)
+    assert batch.images.shape == (8, 1, 32, 160)
+    # glyphs are dark on a light background: every image has clearly dark pixels and a light median
+    flat = batch.images.flatten(1)
+    assert (flat.median(dim=1).values > 0.55).all()
+    assert (flat.min(dim=1).values < 0.4).all()
+
+
+def test_text_lines_without_distortion_keep_the_box_centred():
+    # "none" only pastes the 32x100 box at the centre of 64x128 (rows 16..47, columns 14..113):
+    # without noise, everything outside it is the background level (atol: the float32 warp may leave
+    # ~1e-7 of ink from zero-weight bilinear taps; a misplaced box leaves glyph ink, > 0.1)
+    batch = text_lines(4, torch.Generator().manual_seed(0), distortion="none", noise=0.0)
+    img = batch.images[:, 0]
+    bg = img[:, :1, :1]
+    for outside in (img[:, :15], img[:, 49:], img[:, :, :13], img[:, :, 115:]):
+        torch.testing.assert_close(outside, bg.expand_as(outside), atol=1e-6, rtol=0)
+    assert (img[:, 16:48, 14:114].amin(dim=(1, 2)) < bg.flatten() - 0.3).all()  # dark glyphs inside
+
+
+# ---------------------------------------------------------------- shapes
+
+
+@pytest.mark.parametrize("width", [4, 37, 100, 128, 256])
+def test_crnn_sequence_length_grows_with_width(width):
+    model = CRNN(NUM_CLASSES).eval()
+    out = model(torch.rand(2, 1, 32, width))
+    # two stride-2 convolutions with padding 1: ceil(ceil(W / 2) / 2) columns
+    t = -(-(-(-width // 2)) // 2)
+    assert out.shape == (t, 2, NUM_CLASSES) and CRNN.output_length(width) == t
+
+
+def test_crnn_rejects_wrong_height():
+    with pytest.raises(ValueError, match="height"):
+        CRNN(NUM_CLASSES)(torch.rand(1, 1, 30, 64))
+    with pytest.raises(ValueError, match="multiple of 8"):
+        CRNN(NUM_CLASSES, height=30)
+
+
+@pytest.mark.parametrize("model", [CRNN(NUM_CLASSES, rnn="gru"), STNRecognizer(NUM_CLASSES), RARE(NUM_CLASSES)],
+                         ids=["crnn", "stn", "rare"])
+def test_untrained_greedy_decode_shapes(model):
+    model.eval()
+    height = 32 if isinstance(model, CRNN) else 64
+    images = torch.rand(3, 1, height, 128)
+    scores = model(images)
+    decoded = model.predict(images)
+    assert len(decoded) == 3
+    for labels, path in zip(decoded, scores.argmax(2).t()):
+        assert labels.dtype == torch.long and labels.dim() == 1
+        # the collapsed best path: no blanks, no more labels than steps
+        collapsed = [int(c) for i, c in enumerate(path) if c != 0 and (i == 0 or c != path[i - 1])]
+        assert labels.tolist() == collapsed
+
+
+def test_rectifiers_start_at_the_identity():
+    # STN's theta = I and RARE's points = base fiducials: rectify() resamples the input to 32x100 unchanged
+    x = torch.rand(2, 1, 32, 100)
+    stn, rare = STNRecognizer(NUM_CLASSES).eval(), RARE(NUM_CLASSES).eval()
+    # float32 resampling at the exact pixel centres; TPS weights from a float64 solve cast to float32
+    torch.testing.assert_close(stn.rectify(x), x, atol=1e-5, rtol=0)
+    torch.testing.assert_close(rare.rectify(x), x, atol=1e-4, rtol=0)
+    torch.testing.assert_close(rare.fiducials(x), rare_fiducials(20).expand(2, 20, 2))
+
+
+# ---------------------------------------------------------------- visionops build == torch build
+
+
+def _pair(cls, device, **kw):
+    torch.manual_seed(0)
+    ours = cls(NUM_CLASSES, backend="visionops", **kw)
+    if hasattr(ours, "localizer"):
+        # leave the identity warp (x step_scale 0.1), so the sampler's position gradients matter
+        torch.nn.init.normal_(ours.localizer.out.weight, std=0.2)
+    theirs = cls(NUM_CLASSES, backend="torch", **kw)
+    theirs.load_state_dict(ours.state_dict(), strict=True)
+    return ours.double().to(device), theirs.double().to(device)
+
+
+def _grads(model, images, batch):
+    images = images.clone().requires_grad_(True)
+    scores = model(images)
+    loss = model.loss(images, batch.targets.to(images.device), batch.target_lengths)
+    params = [p for p in model.parameters()]
+    grads = torch.autograd.grad(loss, [images] + params)
+    return scores, loss, grads
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("cls", [CRNN, STNRecognizer, RARE])
+def test_visionops_build_equals_torch_build(cls, device):
+    g = torch.Generator().manual_seed(3)
+    batch = captchas(4, g) if cls is CRNN else text_lines(4, g, distortion="curved")
+    ours, theirs = _pair(cls, device)
+    images = batch.images.double().to(device)
+    # train mode: BatchNorm uses batch statistics, so the whole graph is exercised
+    s1, l1, g1 = _grads(ours, images, batch)
+    s2, l2, g2 = _grads(theirs, images, batch)
+    # float64 throughout: the builds differ only in summation order inside the kernels (conv,
+    # bilinear sampling, the CTC recursion, the TPS basis sums), ~1e-15 relative per op and a
+    # few hundred ops deep; 1e-9 leaves that margin and still catches any wrong term (>1e-4).
+    torch.testing.assert_close(s1, s2, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(l1, l2, rtol=1e-9, atol=1e-9)
+    names = ["images"] + [n for n, _ in ours.named_parameters()]
+    for name, a, b in zip(names, g1, g2):
+        torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-9, msg=lambda m: f"gradient of {name}: {m}")
+    assert g1[0].abs().sum() > 0  # the input gradient is not trivially zero
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_torch_tps_matches_tps_grid_sampler_away_from_identity(device):
+    from visionops.nn import TPSGridSampler
+
+    g = torch.Generator().manual_seed(0)
+    base = rare_fiducials(20, dtype=torch.float64)
+    source = (base + 0.15 * torch.randn(3, 20, 2, generator=g, dtype=torch.float64)).to(device)
+    x = torch.rand(3, 2, 40, 90, generator=g, dtype=torch.float64).to(device)
+    sampler = TPSGridSampler((32, 100), 20, padding_mode="border").to(device, torch.float64)
+    ours = sampler(x, source)
+    theirs = torch_tps_grid_sample(x, source, sampler.target_points, (32, 100))
+    torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-10)  # float64: summation order only
+
+
+# ---------------------------------------------------------------- training
+
+
+@pytest.mark.parametrize("cls", [CRNN, STNRecognizer, RARE])
+def test_a_few_training_steps_lower_the_ctc_loss(cls):
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(1)
+    batch = captchas(8, g) if cls is CRNN else text_lines(8, g, distortion="affine")
+    model = cls(NUM_CLASSES)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(15):
+        loss = model.loss(*batch[:3])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    # fitting one small batch: the loss must drop well below where it started (random init
+    # spreads mass over 37 classes: ~ T log 37 / S per label); a broken gradient stalls it
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_tasks_are_registered_and_use_ctc_targets():
+    import visionops.models  # noqa: F401
+    from visionops.training import TASKS
+
+    for name in ("crnn", "stn", "rare", "crnn-affine", "crnn-curved"):
+        assert name in TASKS and TASKS[name].metric == "accuracy"
+    images, targets, lengths = TASKS["crnn"].make_batch(torch.Generator().manual_seed(0), 5)
+    assert images.shape == (5, 1, 32, 128) and targets.shape[0] == 5 and lengths.shape == (5,)
+    model = TASKS["crnn"].build_model()
+    loss = TASKS["crnn"].loss_fn(model, (images, targets, lengths))
+    expected = F.ctc_loss(model(images).log_softmax(2), targets, torch.full((5,), 32), lengths, zero_infinity=True)
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-5)  # float32 CTC, same batch (BN in train mode)
+
+
+def test_char_error_metric_is_the_edit_distance():
+    from visionops.models.crnn import _edit_distance
+
+    # textbook Levenshtein distances: substitutions, insertions and deletions each cost 1
+    assert _edit_distance("kitten", "sitting") == 3
+    assert _edit_distance("", "abc") == _edit_distance("abc", "") == 3
+    assert _edit_distance("ab", "ba") == 2 and _edit_distance("abc", "abc") == 0
