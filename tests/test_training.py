@@ -3,9 +3,7 @@ checkpoints and resume, SyncBatchNorm conversion.
 
 The tasks come from tests/toy_tasks.py (loaded with ``--task-module``), so these
 tests do not wait for the reference networks. ``DDP_TASKS`` lists the tasks the
-generic tests run on: add a reference task (``"crnn"``) once it is registered in
-``visionops.models``; the runs are short (``STEPS`` steps), so a heavy task makes
-them slower, not wrong.
+generic tests run on; the CRNN runs the identical-weights test too.
 """
 
 from __future__ import annotations
@@ -29,7 +27,11 @@ TOY = str(HERE / "toy_tasks.py")
 WORKER = str(HERE / "ddp_worker.py")
 load_task_modules([TOY])
 
-DDP_TASKS = ["toy"]  # the lead adds "crnn" (and others) after the merge
+DDP_TASKS = ["toy"]
+# The CRNN also trains under DDP (ranks identical, loss decreasing). It is left out of
+# the resume tests: its cosine learning-rate schedule follows the wall clock of the
+# time budget, so two runs are not bit-identical by design.
+IDENTICAL_WEIGHTS_TASKS = DDP_TASKS + ["crnn"]
 STEPS = 12  # per run; the resume tests continue to 2 * STEPS
 
 
@@ -188,7 +190,7 @@ def test_task_modules_from_environment(tmp_path, monkeypatch, capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("task", DDP_TASKS)
+@pytest.mark.parametrize("task", IDENTICAL_WEIGHTS_TASKS)
 def test_ddp_ranks_hold_identical_weights_and_loss_decreases(tmp_path, task):
     _torchrun([WORKER, task, str(3 * STEPS), str(tmp_path)])
     r0, r1 = _load(tmp_path / "rank0.pt"), _load(tmp_path / "rank1.pt")

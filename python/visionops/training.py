@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import math
 import os
 import sys
 import time
@@ -109,6 +110,11 @@ class Task:
     description: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
     find_unused_parameters: bool = False
+    lr_schedule: str = "constant"  # or "cosine": decay over the time/step budget
+
+    def __post_init__(self) -> None:
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"lr_schedule: expected 'constant' or 'cosine', got {self.lr_schedule!r}")
 
 
 TASKS: dict[str, Task] = {}
@@ -221,16 +227,20 @@ class _Dist:
     def main(self) -> bool:
         return self.rank == 0
 
-    def agree(self, loss: torch.Tensor | float, stop_on_rank0: bool) -> tuple[float, bool]:
-        """Average ``loss`` over ranks and share rank 0's stop decision (one all-reduce)."""
+    def agree(self, loss: torch.Tensor | float, stop_on_rank0: bool,
+              progress_on_rank0: float = 0.0) -> tuple[float, bool, float]:
+        """Average ``loss`` over ranks and share rank 0's stop decision and its
+        progress through the budget (which drives the learning-rate schedule, so
+        every rank steps with the same rate) in one all-reduce."""
         vec = torch.stack([
             torch.as_tensor(loss, dtype=torch.float64).detach().to(self.comm_device).reshape(()),
             torch.tensor(float(stop_on_rank0 and self.main), dtype=torch.float64, device=self.comm_device),
+            torch.tensor(progress_on_rank0 if self.main else 0.0, dtype=torch.float64, device=self.comm_device),
         ])
         if self.world > 1:
             dist.all_reduce(vec)
-        mean_loss, stop = vec.tolist()
-        return mean_loss / self.world, stop > 0
+        mean_loss, stop, progress = vec.tolist()
+        return mean_loss / self.world, stop > 0, progress
 
     def broadcast(self, obj: Any) -> Any:
         if self.world == 1:
@@ -457,7 +467,22 @@ def _train(task: Task, ctx: _Dist, minutes: float, seed: int, max_steps: int | N
     def should_stop() -> bool:
         return (max_steps is not None and step >= max_steps) or clock() >= budget
 
-    _, stop = ctx.agree(0.0, should_stop())
+    def progress() -> float:
+        done = clock() / budget if budget > 0 else 1.0
+        if max_steps:
+            done = max(done, step / max_steps)
+        return min(max(done, 0.0), 1.0)
+
+    def set_learning_rate(fraction_done: float) -> None:
+        if task.lr_schedule == "cosine":
+            # cosine decay to 5% of the base rate over the time (or step) budget:
+            # a constant rate leaves the CTC models oscillating a few percent around
+            # their plateau at the end of a short run
+            factor = 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * fraction_done))
+            for group in optimizer.param_groups:
+                group["lr"] = task.lr * factor
+
+    _, stop, fraction = ctx.agree(0.0, should_stop(), progress())
     bar = _progress_bar(max_steps, step, task.name) if (log and progress) else None
     emit = (bar.write if bar is not None else log) if log else None
     losses: list[float] = []
@@ -469,9 +494,10 @@ def _train(task: Task, ctx: _Dist, minutes: float, seed: int, max_steps: int | N
         loss.backward()
         if task.grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), task.grad_clip)
+        set_learning_rate(fraction)
         optimizer.step()
         step += 1
-        mean_loss, stop = ctx.agree(loss, should_stop())
+        mean_loss, stop, fraction = ctx.agree(loss, should_stop(), progress())
         losses.append(mean_loss)
         if bar is not None:
             bar.update(1)

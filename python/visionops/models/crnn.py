@@ -341,7 +341,7 @@ def _register(name: str, build: Callable[[], nn.Module], kind: str, description:
     register_task(Task(
         name=name, build_model=build, make_batch=make_batch, loss_fn=_loss,
         evaluate=lambda model, device: _accuracy(model, device, kind, eval_n),
-        metric="accuracy", description=description, **kw,
+        metric="accuracy", description=description, lr_schedule="cosine", **kw,
     ))
 
 
