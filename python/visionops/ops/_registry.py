@@ -38,9 +38,11 @@ def check_tensor(value: Any, name: str, op: str) -> Tensor:
     return value
 
 
-def pair(value: int | Sequence[int], name: str, op: str) -> tuple[int, int]:
-    """``int`` or a pair of ints -> (a, b), each positive."""
+def pair(value: int | Sequence[int], name: str, op: str, minimum: int = 1) -> tuple[int, int]:
+    """``int``, ``(a,)`` or ``(a, b)`` -> (a, b), each >= ``minimum`` (1: positive, 0: non-negative)."""
     if isinstance(value, (list, tuple)):
+        if len(value) == 1:
+            value = (value[0], value[0])
         if len(value) != 2:
             raise ValueError(f"{op}: {name} must be an int or a pair of ints, got {value!r}")
         a, b = value
@@ -49,8 +51,9 @@ def pair(value: int | Sequence[int], name: str, op: str) -> tuple[int, int]:
     for v in (a, b):
         if isinstance(v, bool) or not isinstance(v, (int, torch.SymInt)):
             raise TypeError(f"{op}: {name} must be an int or a pair of ints, got {value!r}")
-        if isinstance(v, int) and v <= 0:
-            raise ValueError(f"{op}: {name} must be positive, got {value!r}")
+        if isinstance(v, int) and v < minimum:
+            kind = "positive" if minimum == 1 else "non-negative"
+            raise ValueError(f"{op}: {name} must be {kind}, got {value!r}")
     return a, b
 
 

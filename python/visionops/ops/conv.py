@@ -28,7 +28,7 @@ from typing import Any, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from ._registry import check_tensor, memory_format_of
+from ._registry import check_tensor, memory_format_of, pair
 
 __all__ = ["conv2d", "depthwise_conv2d"]
 
@@ -36,24 +36,6 @@ IntOrPair = Union[int, Sequence[int]]
 Padding = Union[int, Sequence[int], str]
 
 _ACTIVATIONS = {None: 0, "relu": 1, "relu6": 2}
-
-
-def _int_pair(value: Any, name: str, op: str, minimum: int) -> list[int]:
-    if isinstance(value, (list, tuple)):
-        if len(value) == 1:
-            value = (value[0], value[0])
-        if len(value) != 2:
-            raise ValueError(f"{op}: {name} must be an int or a pair of ints, got {value!r}")
-        a, b = value
-    else:
-        a = b = value
-    for v in (a, b):
-        if isinstance(v, bool) or not isinstance(v, (int, torch.SymInt)):
-            raise TypeError(f"{op}: {name} must be an int or a pair of ints, got {value!r}")
-        if isinstance(v, int) and v < minimum:
-            kind = "positive" if minimum == 1 else "non-negative"
-            raise ValueError(f"{op}: {name} must be {kind}, got {value!r}")
-    return [a, b]
 
 
 def _padding(padding: Padding, weight: Tensor, stride: list[int], dilation: list[int], op: str) -> list[int]:
@@ -72,7 +54,7 @@ def _padding(padding: Padding, weight: Tensor, stride: list[int], dilation: list
             total = d * (k - 1)
             out += [total // 2, total - total // 2]  # the odd cell goes bottom/right, as in torch
         return out
-    ph, pw = _int_pair(padding, "padding", op, 0)
+    ph, pw = pair(padding, "padding", op, 0)
     return [ph, ph, pw, pw]
 
 
@@ -124,8 +106,8 @@ def depthwise_conv2d(
     check_tensor(weight, "weight", op)
     if activation not in _ACTIVATIONS:
         raise ValueError(f"{op}: activation must be None, 'relu' or 'relu6', got {activation!r}")
-    stride_ = _int_pair(stride, "stride", op, 1)
-    dilation_ = _int_pair(dilation, "dilation", op, 1)
+    stride_ = list(pair(stride, "stride", op))
+    dilation_ = list(pair(dilation, "dilation", op))
     pad = _padding(padding, weight, stride_, dilation_, op)
     out = torch.ops.visionops.depthwise_conv2d(input, weight, bias, stride_, pad, dilation_, _ACTIVATIONS[activation])
     return out.squeeze(0) if unbatched else out
@@ -174,8 +156,8 @@ def conv2d(
     check_tensor(weight, "weight", op)
     if isinstance(groups, bool) or not isinstance(groups, int):
         raise TypeError(f"{op}: groups must be an int, got {groups!r}")
-    stride_ = _int_pair(stride, "stride", op, 1)
-    dilation_ = _int_pair(dilation, "dilation", op, 1)
+    stride_ = list(pair(stride, "stride", op))
+    dilation_ = list(pair(dilation, "dilation", op))
     pad = _padding(padding, weight, stride_, dilation_, op)
     if input.dim() == 4 and weight.dim() == 4 and groups > 1 and groups == input.size(1) and weight.size(1) == 1:
         out = torch.ops.visionops.depthwise_conv2d(input, weight, bias, stride_, pad, dilation_, 0)
