@@ -156,3 +156,30 @@ def test_ctc_loss_on_more_than_2_31_log_probs(device):
     expected = ops.ctc_loss(small.to(device), small_targets.to(device), [t], [len(labels)], reduction="none")
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
     assert torch.isfinite(got).all()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_depthwise_conv2d_on_a_huge_map(device):
+    """conv family: the depthwise convolution of the last channels (past element
+    2**31) equals that of those channels alone, bit for bit (each channel is its
+    own plane, the same taps in the same order); on CUDA their weight gradient and
+    input gradient too."""
+    x = _huge_map(device)
+    gen = torch.Generator().manual_seed(1)
+    weight = torch.randn(C, 1, 3, 3, generator=gen).to(x.dtype).to(device)
+    x.requires_grad_(device != "cpu")
+    weight.requires_grad_(device != "cpu")
+    out = ops.depthwise_conv2d(x, weight, None, 2, 1)  # stride 2 keeps the output at a quarter
+    small_x = x.detach()[:, -TAIL:].clone().requires_grad_(device != "cpu")
+    small_w = weight.detach()[-TAIL:].clone().requires_grad_(device != "cpu")
+    expected = ops.depthwise_conv2d(small_x, small_w, None, 2, 1)
+    assert expected.abs().sum() > 0
+    torch.testing.assert_close(out[:, -TAIL:], expected, rtol=0, atol=0)
+    if device != "cpu":
+        weights = torch.zeros(out.shape, device=device, dtype=out.dtype)
+        weights[:, -TAIL:] = torch.randn(weights[:, -TAIL:].shape, device=device).to(out.dtype)
+        grad_x, grad_w = torch.autograd.grad(out, [x, weight], weights)
+        expected_x, expected_w = torch.autograd.grad(expected, [small_x, small_w], weights[:, -TAIL:])
+        torch.testing.assert_close(grad_x[:, -TAIL:], expected_x, rtol=0, atol=0)
+        torch.testing.assert_close(grad_w[-TAIL:], expected_w, rtol=0, atol=0)
+        assert not grad_x[:, :-TAIL].any()

@@ -108,6 +108,11 @@ def _grid_sample_grad(x: torch.Tensor, grid: torch.Tensor) -> tuple[torch.Tensor
 
 
 
+def _depthwise_grad(x: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    x, w = _requires_grad(x, w)
+    return _grad_of(ops.depthwise_conv2d(x, w, padding=2), [x, w])
+
+
 # name -> (CPU inputs, function of the inputs moved to the device)
 Case = tuple[Callable[[torch.Generator], list[torch.Tensor]], Callable[..., object]]
 CASES: dict[str, Case] = {
@@ -145,6 +150,18 @@ CASES: dict[str, Case] = {
         lambda x, theta: ops.affine_grid_sample(x, theta, (8, 10)),
     ),
     "tps_grid_sample": (_tps_inputs, lambda x, kw, aw, tp: ops.tps_grid_sample(x, kw, aw, tp, (8, 10))),
+    "depthwise_conv2d": (
+        lambda g: [_image(g), torch.randn(6, 1, 3, 3, generator=g), torch.randn(6, generator=g)],
+        lambda x, w, b: ops.depthwise_conv2d(x, w, b, 2, 1, activation="relu6"),
+    ),
+    "depthwise_conv2d_backward": (
+        lambda g: [_image(g), torch.randn(3, 1, 5, 5, generator=g)],
+        lambda x, w: _depthwise_grad(x, w),
+    ),
+    "conv2d": (
+        lambda g: [_image(g), torch.randn(4, 3, 3, 3, generator=g), torch.randn(4, generator=g)],
+        lambda x, w, b: ops.conv2d(x, w, b, padding=1),
+    ),
 }
 
 
@@ -224,6 +241,8 @@ MIXES: dict[str, Callable[[str, str], object]] = {
                                                               torch.eye(2, 3).expand(2, 2, 3).to(b), 4),
     "tps_grid_sample": lambda a, b: ops.tps_grid_sample(*[t.to(a if i == 0 else b)
                                                           for i, t in enumerate(_tps_inputs(_gen()))], 4),
+    "depthwise_conv2d": lambda a, b: ops.depthwise_conv2d(_image(_gen()).to(a), torch.randn(3, 1, 3, 3).to(b)),
+    "conv2d": lambda a, b: ops.conv2d(_image(_gen()).to(a), torch.randn(4, 3, 3, 3).to(b)),
 }
 
 
@@ -245,7 +264,7 @@ def test_inputs_on_two_gpus_rejected(name):
         MIXES[name]("cuda:0", "cuda:1")
 
 
-GRAPHED = ["nms_fixed", "roi_align", "grid_sample"]
+GRAPHED = ["nms_fixed", "roi_align", "grid_sample", "depthwise_conv2d"]
 
 
 @pytest.mark.parametrize("name", GRAPHED)

@@ -373,6 +373,31 @@ def test_convert_sync_batchnorm_keeps_weights_and_outputs():
     torch.testing.assert_close(sync.norm.running_mean, plain.norm.running_mean, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("name", ["mobilenet_v1", "mobilenet_v2", "shufflenet_v2"])
+def test_convert_sync_batchnorm_on_the_backbones(name):
+    """The reference backbones (visionops conv layers) convert: every BatchNorm
+    becomes a SyncBatchNorm, the state dict is unchanged and eval logits are equal."""
+    import visionops.models as models
+
+    torch.manual_seed(0)
+    model = getattr(models, name)(width_mult=0.25, num_classes=10) if name != "shufflenet_v2" \
+        else models.shufflenet_v2(scale=0.5, num_classes=10)
+    x = torch.randn(2, 3, 64, 64)
+    model.train()
+    model(x)  # non-trivial running statistics
+    model.eval()
+    expected = model(x)
+    bn_count = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    converted = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model).eval()
+    assert sum(isinstance(m, torch.nn.SyncBatchNorm) for m in converted.modules()) == bn_count > 0
+    assert not any(type(m) is torch.nn.BatchNorm2d for m in converted.modules())
+    assert converted.state_dict().keys() == state.keys()
+    for k, v in converted.state_dict().items():
+        assert torch.equal(v, state[k]), k
+    torch.testing.assert_close(converted(x), expected, rtol=0, atol=0)
+
+
 @pytest.mark.cuda
 @pytest.mark.slow
 @pytest.mark.skipif(not HAS_CUDA or torch.cuda.device_count() < 2, reason="needs 2 GPUs (NCCL, one per rank)")
