@@ -101,3 +101,57 @@ for name, channels, bn, size in [("toy", 8, True, 12), ("toy-nobn", 8, False, 12
         eval_every=50,
         description="quadrant of a bright square (harness test task)",
     ))
+
+
+# ---------------------------------------------------------------- a torchvision detector on visionops ops
+# (issue 11: the detection models swapped with use_visionops train under DDP)
+
+
+def _build_swapped_detector() -> torch.nn.Module:
+    from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_fpn
+
+    from visionops.models import use_visionops
+
+    model = fasterrcnn_mobilenet_v3_large_fpn(weights=None, weights_backbone=None, num_classes=3,
+                                              min_size=96, max_size=128)
+    return use_visionops(model)
+
+
+def _detection_batch(generator: torch.Generator, batch_size: int) -> tuple:
+    from visionops.data import random_boxes
+
+    images, targets = [], []
+    for _ in range(batch_size):
+        image = 0.1 * torch.rand(3, 96, 112, generator=generator)
+        boxes = random_boxes(2, (96, 112), min_size=16.0, generator=generator).round()
+        for x1, y1, x2, y2 in boxes.int().tolist():
+            image[:, y1:y2, x1:x2] += 0.8
+        images.append(image)
+        targets.append({"boxes": boxes, "labels": torch.randint(1, 3, (2,), generator=generator)})
+    return images, targets
+
+
+def _detection_loss(model: torch.nn.Module, batch: tuple) -> torch.Tensor:
+    images, targets = batch
+    return sum(model(images, targets).values())
+
+
+def _detection_eval(model: torch.nn.Module, device: torch.device) -> dict[str, float]:
+    images, _ = _detection_batch(torch.Generator().manual_seed(99), 2)
+    detections = model([im.to(device) for im in images])
+    return {"detections": float(sum(len(d["boxes"]) for d in detections)) / len(detections)}
+
+
+register_task(Task(
+    name="toy-fasterrcnn",
+    build_model=_build_swapped_detector,
+    make_batch=_detection_batch,
+    loss_fn=_detection_loss,
+    evaluate=_detection_eval,
+    metric="detections",
+    batch_size=2,
+    lr=1e-3,
+    eval_every=1000,
+    find_unused_parameters=True,
+    description="torchvision Faster R-CNN (MobileNetV3-FPN) with use_visionops (DDP test task)",
+))
