@@ -428,3 +428,19 @@ def test_sync_batchnorm_ddp_on_two_gpus(tmp_path):
     for name, value in r0["state"].items():
         # NCCL all-gathers then reduces in the same order on both ranks: identical up to float rounding
         torch.testing.assert_close(value, r1["state"][name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_progress_false_shows_no_bar_and_bad_schedule_rejected(capsys):
+    """progress=False keeps stderr free of the tqdm bar (the learning-rate schedule's
+    budget tracking once shadowed that switch), and an unknown schedule is rejected."""
+    import dataclasses
+
+    from visionops.training import TASKS
+
+    lines: list[str] = []
+    train("toy", max_steps=3, log=lines.append, progress=False)
+    assert "toy:" not in capsys.readouterr().err and lines
+    train("toy", max_steps=3, log=lines.append, progress=True)
+    assert "toy:" in capsys.readouterr().err  # the bar is there when asked for
+    with pytest.raises(ValueError, match="lr_schedule"):
+        dataclasses.replace(TASKS["toy"], lr_schedule="linear")

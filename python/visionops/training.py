@@ -467,7 +467,7 @@ def _train(task: Task, ctx: _Dist, minutes: float, seed: int, max_steps: int | N
     def should_stop() -> bool:
         return (max_steps is not None and step >= max_steps) or clock() >= budget
 
-    def progress() -> float:
+    def budget_done() -> float:
         done = clock() / budget if budget > 0 else 1.0
         if max_steps:
             done = max(done, step / max_steps)
@@ -482,7 +482,7 @@ def _train(task: Task, ctx: _Dist, minutes: float, seed: int, max_steps: int | N
             for group in optimizer.param_groups:
                 group["lr"] = task.lr * factor
 
-    _, stop, fraction = ctx.agree(0.0, should_stop(), progress())
+    _, stop, fraction = ctx.agree(0.0, should_stop(), budget_done())
     bar = _progress_bar(max_steps, step, task.name) if (log and progress) else None
     emit = (bar.write if bar is not None else log) if log else None
     losses: list[float] = []
@@ -497,7 +497,7 @@ def _train(task: Task, ctx: _Dist, minutes: float, seed: int, max_steps: int | N
         set_learning_rate(fraction)
         optimizer.step()
         step += 1
-        mean_loss, stop, fraction = ctx.agree(loss, should_stop(), progress())
+        mean_loss, stop, fraction = ctx.agree(loss, should_stop(), budget_done())
         losses.append(mean_loss)
         if bar is not None:
             bar.update(1)
