@@ -256,8 +256,15 @@ class _Dist:
         dist.gather_object(obj, out, dst=0)
         return out
 
-    def close(self) -> None:
+    def close(self, finished: bool) -> None:
         if self.owns_group:
+            # after a normal finish every rank reaches the teardown before any starts
+            # it: a gloo group torn down while its peer still talks to it aborted a
+            # worker at exit ("terminate called without an active exception"), seen
+            # under load. After an error no barrier: the peers may be stuck in another
+            # collective, and torchrun tears the group down.
+            if finished:
+                dist.barrier()
             dist.destroy_process_group()
 
 
@@ -376,11 +383,14 @@ def train(
     if resume and checkpoint_dir is None:
         raise ValueError("resume: needs checkpoint_dir")
     ctx = _Dist(torch.device(device))
+    finished = False
     try:
-        return _train(task, ctx, minutes, seed, max_steps, log if ctx.main else None, checkpoint_dir,
-                      checkpoint_every, resume, sync_bn, progress)
+        result = _train(task, ctx, minutes, seed, max_steps, log if ctx.main else None, checkpoint_dir,
+                        checkpoint_every, resume, sync_bn, progress)
+        finished = True
+        return result
     finally:
-        ctx.close()
+        ctx.close(finished)
 
 
 def _train(task: Task, ctx: _Dist, minutes: float, seed: int, max_steps: int | None,
