@@ -189,6 +189,16 @@ bool cpu_has_avx512() {
 
 // ---------------------------------------------------------------- depthwise, NCHW
 
+// scratch of dw_forward_plane for any variant (the widest vectors need the most)
+template <typename T>
+int64_t dw_forward_scratch_widest(const ConvGeometry& g) {
+#if VISIONOPS_CONV_AVX2
+  return conv_avx512::dw_forward_scratch<T>(g);
+#else
+  return conv_generic::dw_forward_scratch<T>(g);
+#endif
+}
+
 template <typename scalar_t>
 void dw_forward_nchw(const ConvGeometry& g, const at::Tensor& input, const at::Tensor& weight,
                      const std::optional<at::Tensor>& bias, int64_t act, at::Tensor& output) {
@@ -197,15 +207,15 @@ void dw_forward_nchw(const ConvGeometry& g, const at::Tensor& input, const at::T
   const scalar_t* w = weight.const_data_ptr<scalar_t>();
   const scalar_t* b = bias.has_value() ? bias->const_data_ptr<scalar_t>() : nullptr;
   scalar_t* out = output.mutable_data_ptr<scalar_t>();
-  const auto kernel = VISIONOPS_CONV_KERNEL(dw_forward_plane, T, scalar_t);
-  const int64_t scratch = conv_generic::forward_scratch<T>(g);
+  const auto kernel = VISIONOPS_CONV_KERNEL_WIDE(dw_forward_plane, T, scalar_t);
+  const int64_t scratch = dw_forward_scratch_widest<T>(g);
   const int64_t KK = g.KH * g.KW, OHW = g.OH * g.OW;
   at::parallel_for(0, g.N * g.C, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> buf(scratch);
     for (int64_t nc = begin; nc < end; ++nc) {
       const int64_t c = nc % g.C;
       kernel(g, in + nc * g.H * g.W, w + c * g.m * KK, b ? b + c * g.m : nullptr, act, out + nc * g.m * OHW,
-             buf.data());
+             buf.data(), nc + 1 < end);
     }
   });
 }
@@ -331,7 +341,7 @@ ConvGeometry expanded(ConvGeometry g) {
 // NCHW planes narrower than two 8-float vectors waste lanes and pay per-plane
 // setup for few outputs: such layers (MobileNet's 14x14 and 7x7 stages) run the
 // channels_last kernels on a transposed copy instead.
-bool small_planes(const ConvGeometry& g) { return g.m == 1 && g.OW < 16 && g.C >= 8; }
+bool small_planes(const ConvGeometry& g) { return g.m == 1 && g.OW < 10 && g.C >= 8; }
 
 
 at::Tensor depthwise_conv2d_cpu(const at::Tensor& input, const at::Tensor& weight,
