@@ -126,6 +126,20 @@ void check_conv_grad(const char* op, const at::Tensor& grad, const at::Tensor& i
 
 // ---------------------------------------------------------------- kernel variants
 
+// Tap offsets of the NCHW forward's pitch-space buffer (conv_cpu_kernels.inc,
+// dw_forward_plane): tap (i, j) reads sub-plane ((i*dh) % sh, (j*dw) % sw) at
+// row (i*dh) / sh, column (j*dw) / sw. A function of the geometry only, computed
+// once per call rather than per plane (the divisions cost more than a 7x7 plane's FMAs).
+std::vector<int64_t> flat_tap_offsets(const ConvGeometry& g) {
+  const int64_t R2 = (g.pt + g.H + g.pb + g.sh - 1) / g.sh, P2 = (g.pl + g.W + g.pr + g.sw - 1) / g.sw;
+  std::vector<int64_t> off(g.KH * g.KW);
+  for (int64_t i = 0; i < g.KH; ++i)
+    for (int64_t j = 0; j < g.KW; ++j)
+      off[i * g.KW + j] =
+          ((i * g.dh % g.sh) * g.sw + j * g.dw % g.sw) * R2 * P2 + (i * g.dh / g.sh) * P2 + j * g.dw / g.sw;
+  return off;
+}
+
 #define VISIONOPS_VEC_BYTES 32
 namespace conv_generic {
 #include "conv_cpu_kernels.inc"
@@ -193,9 +207,9 @@ bool cpu_has_avx512() {
 template <typename T>
 int64_t dw_forward_scratch_widest(const ConvGeometry& g) {
 #if VISIONOPS_CONV_AVX2
-  return conv_avx512::dw_forward_scratch<T>(g);
+  return conv_avx512::flat_forward_scratch<T>(g);
 #else
-  return conv_generic::dw_forward_scratch<T>(g);
+  return conv_generic::flat_forward_scratch<T>(g);
 #endif
 }
 
@@ -209,13 +223,14 @@ void dw_forward_nchw(const ConvGeometry& g, const at::Tensor& input, const at::T
   scalar_t* out = output.mutable_data_ptr<scalar_t>();
   const auto kernel = VISIONOPS_CONV_KERNEL_WIDE(dw_forward_plane, T, scalar_t);
   const int64_t scratch = dw_forward_scratch_widest<T>(g);
+  const auto tap_off = flat_tap_offsets(g);
   const int64_t KK = g.KH * g.KW, OHW = g.OH * g.OW;
   at::parallel_for(0, g.N * g.C, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> buf(scratch);
     for (int64_t nc = begin; nc < end; ++nc) {
       const int64_t c = nc % g.C;
       kernel(g, in + nc * g.H * g.W, w + c * g.m * KK, b ? b + c * g.m : nullptr, act, out + nc * g.m * OHW,
-             buf.data(), nc + 1 < end);
+             buf.data(), nc + 1 < end, tap_off.data());
     }
   });
 }
