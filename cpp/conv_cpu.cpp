@@ -301,7 +301,26 @@ void dw_backward_cl(const ConvGeometry& g, const at::Tensor& grad, const at::Ten
   const scalar_t* in = input.const_data_ptr<scalar_t>();
   const scalar_t* go = grad.const_data_ptr<scalar_t>();
   const int64_t C = g.OC, KK = g.KH * g.KW;
-  if (grad_input) {
+  // stride 1: grad_input is the forward convolution of grad with the flipped
+  // kernel, padded by dilation * (k - 1) - padding on each side; the forward's
+  // kernels (computed addresses, sliding windows for k >= 5) are the faster gather
+  const int64_t span_h = g.dh * (g.KH - 1), span_w = g.dw * (g.KW - 1);
+  if (grad_input && g.sh == 1 && g.sw == 1 && g.pt <= span_h && g.pb <= span_h && g.pl <= span_w &&
+      g.pr <= span_w) {
+    ConvGeometry f = g;
+    f.H = g.OH, f.W = g.OW, f.OH = g.H, f.OW = g.W;
+    f.pt = span_h - g.pt, f.pb = span_h - g.pb, f.pl = span_w - g.pl, f.pr = span_w - g.pr;
+    const at::Tensor wt = transposed_weight<T>(weight.flip({2, 3}));
+    const T* wp = wt.const_data_ptr<T>();
+    scalar_t* gin = grad_input->mutable_data_ptr<scalar_t>();
+    const auto kernel = VISIONOPS_CONV_KERNEL_WIDE(dw_forward_cl_row, T, scalar_t);
+    at::parallel_for(0, f.N * f.OH, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const int64_t n = r / f.OH, ih = r % f.OH;
+        kernel(f, go + n * f.H * f.W * C, wp, nullptr, kActNone, ih, gin + r * f.OW * C);
+      }
+    });
+  } else if (grad_input) {
     const at::Tensor wt = transposed_weight<T>(weight);
     const T* wp = wt.const_data_ptr<T>();
     scalar_t* gin = grad_input->mutable_data_ptr<scalar_t>();
@@ -395,10 +414,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> depthwise_conv2d_backward_cpu(
   const bool cl = conv_channels_last(input);
   const auto fmt = conv_memory_format(cl);
   const auto go = grad_through_activation(grad, output, activation).contiguous(fmt);
-  at::Tensor gi = output_mask[0] ? at::zeros_like(input, fmt) : unwanted_grad(input);
+  // every path below writes all of grad_input: no zero fill (a full pass over it)
+  at::Tensor gi = output_mask[0] ? at::empty_like(input, fmt) : unwanted_grad(input);
   at::Tensor gw = output_mask[1] ? at::zeros_like(weight, at::MemoryFormat::Contiguous) : unwanted_grad(weight);
   at::Tensor gb = output_mask[2] ? conv_bias_grad(go) : unwanted_grad(weight);
-  if (go.numel() == 0 || input.numel() == 0 || !(output_mask[0] || output_mask[1])) return {gi, gw, gb};
+  if (go.numel() == 0 || input.numel() == 0 || !(output_mask[0] || output_mask[1])) {
+    if (output_mask[0]) gi.zero_();
+    return {gi, gw, gb};
+  }
   const auto w = weight.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "depthwise_conv2d_backward_cpu", [&] {
     if (cl && g.m > 1) {
