@@ -183,23 +183,59 @@ class STNRecognizer(_CTCRecognizer):
     ``output_size`` with :class:`visionops.nn.AffineGridSampler` (border
     padding), and a :class:`CRNN` of height ``output_size[0]`` reads it.
 
+    Args:
+        num_classes, in_channels, rnn, hidden, backend: as for :class:`CRNN`.
+        output_size: ``(height, width)`` of the rectified image; ``height`` a
+            multiple of 8. RARE's 32 x 100 lets the recogniser read a small
+            canonical crop instead of the whole input.
+        localizer_size: ``(height, width)`` that the localiser sees: the input is
+            average-pooled to it first (``None``: the full input). A warp needs
+            far less resolution than reading does, and the localiser's cost
+            falls with its input area (the STN paper's localisers also read
+            downsampled inputs).
+        warmup_steps: for this many training forward passes (counted in the
+            ``steps_seen`` buffer, so a checkpoint carries it) the localiser is
+            not run and ``theta`` stays the identity: the recogniser first leaves
+            CTC's all-blank plateau, and only then does the localiser get a
+            useful gradient. Evaluation always uses the localiser.
+
     >>> model = STNRecognizer(37)
     >>> model(torch.rand(2, 1, 64, 128)).shape
     torch.Size([25, 2, 37])
     """
 
+    steps_seen: Tensor
+
     def __init__(self, num_classes: int, in_channels: int = 1, output_size: tuple[int, int] = (32, 100),
-                 rnn: str = "lstm", hidden: int = 96, backend: str = "visionops") -> None:
+                 rnn: str = "lstm", hidden: int = 96, backend: str = "visionops",
+                 localizer_size: tuple[int, int] | None = None, warmup_steps: int = 0) -> None:
         super().__init__()
+        if warmup_steps < 0:
+            raise ValueError(f"warmup_steps: expected >= 0, got {warmup_steps}")
         self.backend = backend
         self.output_size = tuple(output_size)
+        self.localizer_size = tuple(localizer_size) if localizer_size is not None else None
+        self.warmup_steps = warmup_steps
         self.localizer = _Localizer(in_channels, 6, torch.eye(2, 3), backend)
         self.sampler = AffineGridSampler(self.output_size, padding_mode="border")
         self.crnn = CRNN(num_classes, in_channels, self.output_size[0], rnn, hidden, backend=backend)
+        self.register_buffer("steps_seen", torch.zeros((), dtype=torch.long))
+
+    def theta(self, images: Tensor) -> Tensor:
+        """The predicted affine maps ``[N, 2, 3]`` (output -> input, normalised coordinates)."""
+        warming_up = self.training and torch.is_grad_enabled() and int(self.steps_seen) < self.warmup_steps
+        if self.training and torch.is_grad_enabled():
+            self.steps_seen += 1
+        if warming_up:
+            return self.localizer.init.view(1, 2, 3).expand(images.shape[0], 2, 3).to(images.dtype)
+        small = images
+        if self.localizer_size is not None and tuple(images.shape[2:]) != self.localizer_size:
+            small = F.adaptive_avg_pool2d(images, self.localizer_size)
+        return self.localizer(small).view(-1, 2, 3)
 
     def rectify(self, images: Tensor) -> Tensor:
         """The ``[N, C, *output_size]`` image the CRNN reads."""
-        theta = self.localizer(images).view(-1, 2, 3)
+        theta = self.theta(images)
         if self.backend == "visionops":
             return self.sampler(images, theta)
         grid = F.affine_grid(theta, [images.shape[0], images.shape[1], *self.output_size], align_corners=False)
