@@ -384,10 +384,13 @@ def _register(name: str, build: Callable[[], nn.Module], kind: str, description:
 _C = _ALPHABET.num_classes
 _register("crnn", lambda: CRNN(_C), "captchas", "CRNN + CTC on 32x128 captchas", batch_size=32, lr=2e-3,
           eval_every=200)
-# the STN resamples to the input size, so at its identity start it *is* the baseline CRNN(height=64)
-_register("stn", lambda: STNRecognizer(_C, output_size=(64, 128)), "affine",
-          "affine STN + CRNN on affine-distorted 64x128 lines",
-          lr=2e-3, eval_every=150)
+# the STN rectifies to RARE's 32x100 (a recogniser on 2.6x fewer pixels than the baseline's 64x128),
+# its localiser reads the input pooled to 32x64, and for the first 1000 steps the warp is held at
+# the identity (localiser off) while the recogniser leaves CTC's all-blank plateau; the localiser
+# then gets no gradient on those steps, hence find_unused_parameters for DDP
+_register("stn", lambda: STNRecognizer(_C, output_size=(32, 100), localizer_size=(32, 64), warmup_steps=1000),
+          "affine", "affine STN (64x128 -> 32x100) + CRNN on affine-distorted 64x128 lines",
+          lr=2e-3, eval_every=150, find_unused_parameters=True)
 _register("crnn-affine", lambda: CRNN(_C, height=64), "affine", "plain CRNN baseline for 'stn'", lr=2e-3,
           eval_every=150)
 _register("rare", lambda: RARE(_C), "curved", "RARE (TPS) + CRNN on curved 64x128 lines", lr=2e-3,
