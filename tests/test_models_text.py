@@ -130,6 +130,18 @@ def test_stn_localizer_reads_the_pooled_input():
     assert not torch.allclose(model.theta(x), torch.eye(2, 3).expand(2, 2, 3))
 
 
+def test_stn_localizer_step_scale_scales_the_departure_from_identity():
+    x = torch.rand(2, 1, 64, 128, generator=torch.Generator().manual_seed(0))
+    slow, full = (STNRecognizer(NUM_CLASSES, localizer_step_scale=s).eval() for s in (0.1, 1.0))
+    torch.manual_seed(0)
+    torch.nn.init.normal_(slow.localizer.out.weight, std=0.2)
+    full.load_state_dict(slow.state_dict())  # same weights: only the scale differs
+    eye = torch.eye(2, 3)
+    # theta = I + scale * head; float32 head outputs ~0.1-1, differences of ~1e-7 after the subtraction
+    torch.testing.assert_close(full.theta(x) - eye, 10 * (slow.theta(x) - eye), rtol=1e-4, atol=1e-5)
+    assert (full.theta(x) - eye).abs().max() > 0.01
+
+
 def test_stn_warmup_holds_the_identity_then_trains_the_localizer():
     torch.manual_seed(0)
     # output = input size, so the identity warp resamples the input unchanged (to ~1e-6)
