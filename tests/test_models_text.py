@@ -261,8 +261,14 @@ def test_tasks_are_registered_and_use_ctc_targets():
     import visionops.models  # noqa: F401
     from visionops.training import TASKS
 
-    for name in ("crnn", "stn", "rare", "crnn-affine", "crnn-curved"):
+    for name in ("crnn", "stn", "rare", "crnn-affine", "crnn-curved", "stn-strong", "crnn-affine-strong"):
         assert name in TASKS and TASKS[name].metric == "accuracy"
+    # each rectifier and its plain baseline train on the same distribution; the *-strong pair on strength 1.5
+    for names, strength in ((("stn", "crnn-affine"), 1.0), (("stn-strong", "crnn-affine-strong"), 1.5)):
+        expected = text_lines(3, torch.Generator().manual_seed(4), distortion="affine", strength=strength)
+        for name in names:
+            images = TASKS[name].make_batch(torch.Generator().manual_seed(4), 3)[0]
+            torch.testing.assert_close(images, expected.images, rtol=0, atol=0)
     images, targets, lengths = TASKS["crnn"].make_batch(torch.Generator().manual_seed(0), 5)
     assert images.shape == (5, 1, 32, 128) and targets.shape[0] == 5 and lengths.shape == (5,)
     model = TASKS["crnn"].build_model()
