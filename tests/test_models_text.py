@@ -119,6 +119,62 @@ def test_rectifiers_start_at_the_identity():
     torch.testing.assert_close(rare.fiducials(x), rare_fiducials(20).expand(2, 20, 2))
 
 
+def test_stn_localizer_reads_the_pooled_input():
+    torch.manual_seed(0)
+    model = STNRecognizer(NUM_CLASSES, localizer_size=(32, 64)).eval()
+    torch.nn.init.normal_(model.localizer.out.weight, std=0.2)  # a non-constant theta
+    x = torch.rand(2, 1, 64, 128)
+    pooled = x.view(2, 1, 32, 2, 64, 2).mean((3, 5))  # 2x2 block means, computed independently
+    # float32: the pooling sums 4 values in another order (~1e-7), the small CNN adds a few ulps
+    torch.testing.assert_close(model.theta(x), model.localizer(pooled).view(2, 2, 3), rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(model.theta(x), torch.eye(2, 3).expand(2, 2, 3))
+
+
+def test_stn_localizer_step_scale_scales_the_departure_from_identity():
+    x = torch.rand(2, 1, 64, 128, generator=torch.Generator().manual_seed(0))
+    slow, full = (STNRecognizer(NUM_CLASSES, localizer_step_scale=s).eval() for s in (0.1, 1.0))
+    torch.manual_seed(0)
+    torch.nn.init.normal_(slow.localizer.out.weight, std=0.2)
+    full.load_state_dict(slow.state_dict())  # same weights: only the scale differs
+    eye = torch.eye(2, 3)
+    # theta = I + scale * head; float32 head outputs ~0.1-1, differences of ~1e-7 after the subtraction
+    torch.testing.assert_close(full.theta(x) - eye, 10 * (slow.theta(x) - eye), rtol=1e-4, atol=1e-5)
+    assert (full.theta(x) - eye).abs().max() > 0.01
+
+
+def test_stn_warmup_holds_the_identity_then_trains_the_localizer():
+    torch.manual_seed(0)
+    # output = input size, so the identity warp resamples the input unchanged (to ~1e-6)
+    model = STNRecognizer(NUM_CLASSES, output_size=(64, 128), warmup_steps=2)
+    torch.nn.init.normal_(model.localizer.out.weight, std=0.2)  # theta != I once the localiser runs
+    batch = text_lines(4, torch.Generator().manual_seed(5), distortion="affine")
+    x, targets, lengths = batch[:3]
+    # evaluation (and any no-grad call) uses the localiser and does not count as a step
+    model.eval()
+    assert not torch.allclose(model(x), model.crnn(x), atol=1e-3)
+    model.train()
+    with torch.no_grad():
+        model(x)
+    assert int(model.steps_seen) == 0
+    for step in range(3):
+        model.zero_grad(set_to_none=True)
+        loss = model.loss(x, targets, lengths)
+        loss.backward()
+        plain = F.ctc_loss(model.crnn(x).log_softmax(2), targets, torch.full((4,), 32), lengths,
+                           zero_infinity=True)
+        grads = [p.grad for p in model.localizer.parameters()]
+        if step < 2:
+            # warm-up: exactly the CRNN on the unwarped input; the localiser gets no gradient
+            torch.testing.assert_close(loss, plain, rtol=1e-4, atol=1e-4)  # float32 resampling at pixel centres
+            assert all(g is None for g in grads)
+        else:
+            assert abs(loss.item() - plain.item()) > 1e-3
+            assert all(g is not None for g in grads) and model.localizer.out.weight.grad.abs().sum() > 0
+    assert int(model.steps_seen) == 3 and "steps_seen" in model.state_dict()
+    with pytest.raises(ValueError, match="warmup_steps"):
+        STNRecognizer(NUM_CLASSES, warmup_steps=-1)
+
+
 # ---------------------------------------------------------------- visionops build == torch build
 
 
@@ -143,11 +199,13 @@ def _grads(model, images, batch):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("cls", [CRNN, STNRecognizer, RARE])
-def test_visionops_build_equals_torch_build(cls, device):
+@pytest.mark.parametrize("cls, kw", [(CRNN, {}), (STNRecognizer, {}),
+                                     (STNRecognizer, {"localizer_size": (32, 64), "output_size": (32, 96)}),
+                                     (RARE, {})], ids=["crnn", "stn", "stn-small-localizer", "rare"])
+def test_visionops_build_equals_torch_build(cls, kw, device):
     g = torch.Generator().manual_seed(3)
     batch = captchas(4, g) if cls is CRNN else text_lines(4, g, distortion="curved")
-    ours, theirs = _pair(cls, device)
+    ours, theirs = _pair(cls, device, **kw)
     images = batch.images.double().to(device)
     # train mode: BatchNorm uses batch statistics, so the whole graph is exercised
     s1, l1, g1 = _grads(ours, images, batch)
@@ -203,8 +261,14 @@ def test_tasks_are_registered_and_use_ctc_targets():
     import visionops.models  # noqa: F401
     from visionops.training import TASKS
 
-    for name in ("crnn", "stn", "rare", "crnn-affine", "crnn-curved"):
+    for name in ("crnn", "stn", "rare", "crnn-affine", "crnn-curved", "stn-strong", "crnn-affine-strong"):
         assert name in TASKS and TASKS[name].metric == "accuracy"
+    # each rectifier and its plain baseline train on the same distribution; the *-strong pair on strength 1.5
+    for names, strength in ((("stn", "crnn-affine"), 1.0), (("stn-strong", "crnn-affine-strong"), 1.5)):
+        expected = text_lines(3, torch.Generator().manual_seed(4), distortion="affine", strength=strength)
+        for name in names:
+            images = TASKS[name].make_batch(torch.Generator().manual_seed(4), 3)[0]
+            torch.testing.assert_close(images, expected.images, rtol=0, atol=0)
     images, targets, lengths = TASKS["crnn"].make_batch(torch.Generator().manual_seed(0), 5)
     assert images.shape == (5, 1, 32, 128) and targets.shape[0] == 5 and lengths.shape == (5,)
     model = TASKS["crnn"].build_model()
