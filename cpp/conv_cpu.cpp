@@ -235,10 +235,29 @@ void dw_forward_nchw(const ConvGeometry& g, const at::Tensor& input, const at::T
   });
 }
 
+// Stride 1: the input gradient is the forward convolution of grad with the
+// flipped kernel, padded by dilation * (k - 1) - padding on each side: the
+// geometry of that forward (multiplier 1), or nullopt where it does not apply.
+// The forward kernels are the faster gather.
+std::optional<ConvGeometry> input_grad_as_forward(const ConvGeometry& g) {
+  const int64_t span_h = g.dh * (g.KH - 1), span_w = g.dw * (g.KW - 1);
+  if (g.m != 1 || g.sh != 1 || g.sw != 1 || g.pt > span_h || g.pb > span_h || g.pl > span_w || g.pr > span_w)
+    return std::nullopt;
+  ConvGeometry f = g;
+  f.H = g.OH, f.W = g.OW, f.OH = g.H, f.OW = g.W;
+  f.pt = span_h - g.pt, f.pb = span_h - g.pb, f.pl = span_w - g.pl, f.pr = span_w - g.pr;
+  return f;
+}
+
 template <typename scalar_t>
 void dw_backward_nchw(const ConvGeometry& g, const at::Tensor& grad, const at::Tensor& input, const at::Tensor& weight,
                       at::Tensor* grad_input, at::Tensor* grad_weight) {
   using T = at::opmath_type<scalar_t>;
+  if (const auto f = grad_input ? input_grad_as_forward(g) : std::nullopt) {
+    dw_forward_nchw<scalar_t>(*f, grad, weight.flip({2, 3}).contiguous(), std::nullopt, kActNone, *grad_input);
+    grad_input = nullptr;
+    if (!grad_weight) return;
+  }
   const scalar_t* in = input.const_data_ptr<scalar_t>();
   const scalar_t* w = weight.const_data_ptr<scalar_t>();
   const scalar_t* go = grad.const_data_ptr<scalar_t>();
@@ -301,15 +320,9 @@ void dw_backward_cl(const ConvGeometry& g, const at::Tensor& grad, const at::Ten
   const scalar_t* in = input.const_data_ptr<scalar_t>();
   const scalar_t* go = grad.const_data_ptr<scalar_t>();
   const int64_t C = g.OC, KK = g.KH * g.KW;
-  // stride 1: grad_input is the forward convolution of grad with the flipped
-  // kernel, padded by dilation * (k - 1) - padding on each side; the forward's
-  // kernels (computed addresses, sliding windows for k >= 5) are the faster gather
-  const int64_t span_h = g.dh * (g.KH - 1), span_w = g.dw * (g.KW - 1);
-  if (grad_input && g.sh == 1 && g.sw == 1 && g.pt <= span_h && g.pb <= span_h && g.pl <= span_w &&
-      g.pr <= span_w) {
-    ConvGeometry f = g;
-    f.H = g.OH, f.W = g.OW, f.OH = g.H, f.OW = g.W;
-    f.pt = span_h - g.pt, f.pb = span_h - g.pb, f.pl = span_w - g.pl, f.pr = span_w - g.pr;
+  const auto as_forward = grad_input ? input_grad_as_forward(g) : std::nullopt;
+  if (as_forward) {
+    const ConvGeometry& f = *as_forward;
     const at::Tensor wt = transposed_weight<T>(weight.flip({2, 3}));
     const T* wp = wt.const_data_ptr<T>();
     scalar_t* gin = grad_input->mutable_data_ptr<scalar_t>();
