@@ -175,10 +175,22 @@ def cmd_train(args: argparse.Namespace) -> int:
         _die_with_parent(signal.SIGKILL)  # the torchrun agent died: stop rather than train on alone
         if os.getppid() == 1:
             return 1
+    if in_worker:
+        import faulthandler
+
+        faulthandler.enable()  # a worker that aborts prints where (Python stacks of all threads)
     sync_bn = True if args.sync_bn else (False if args.no_sync_bn else None)
     train(args.task, minutes=args.minutes, device=args.device, seed=args.seed, max_steps=args.max_steps,
           checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every, resume=args.resume,
           sync_bn=sync_bn)
+    if in_worker:
+        # The work is done and saved (train() tore the process group down). A torchrun
+        # worker leaves without interpreter finalisation: a 2-process gloo run in CI once
+        # aborted there after finishing ("terminate called without an active exception",
+        # SIGABRT), which torchrun reports as a failed run.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     return 0
 
 

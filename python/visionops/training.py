@@ -48,6 +48,7 @@ worker, so a task registered that way trains data-parallel too
 
 from __future__ import annotations
 
+import gc
 import importlib
 import importlib.util
 import math
@@ -263,6 +264,10 @@ class _Dist:
             # worker at exit ("terminate called without an active exception"), seen
             # under load. After an error no barrier: the peers may be stuck in another
             # collective, and torchrun tears the group down.
+            # The DDP wrapper of the finished run sits in reference cycles: collect
+            # it now, so its reducer lets go of the group before the teardown rather
+            # than during interpreter finalisation.
+            gc.collect()
             if finished:
                 dist.barrier()
             dist.destroy_process_group()
