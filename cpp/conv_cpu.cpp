@@ -18,6 +18,7 @@
 #include "visionops/check.h"
 #include "visionops/conv.h"
 #include "visionops/conv_ops.h"
+#include "visionops/cpu_isa.h"
 
 // 32-byte GCC vectors in the generic (SSE2) variant: internal functions only, no ABI to keep
 #pragma GCC diagnostic ignored "-Wpsabi"
@@ -145,8 +146,7 @@ namespace conv_generic {
 #include "conv_cpu_kernels.inc"
 }  // namespace conv_generic
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define VISIONOPS_CONV_AVX2 1
+#if VISIONOPS_X86_VARIANTS
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
 namespace conv_avx2 {
@@ -163,50 +163,20 @@ namespace conv_avx512 {
 #include "conv_cpu_kernels.inc"
 }  // namespace conv_avx512
 #pragma GCC pop_options
-#else
-#define VISIONOPS_CONV_AVX2 0
 #endif
 #undef VISIONOPS_VEC_BYTES
 
 namespace {
 
-bool cpu_has_avx2() {
-#if VISIONOPS_CONV_AVX2
-  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return has;
-#else
-  return false;
-#endif
-}
-
-bool cpu_has_avx512() {
-#if VISIONOPS_CONV_AVX2
-  static const bool has = cpu_has_avx2() && __builtin_cpu_supports("avx512f") &&
-                          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw") &&
-                          __builtin_cpu_supports("avx512dq");
-  return has;
-#else
-  return false;
-#endif
-}
-
-// the best variant of a kernel for this CPU (results differ between variants
-// only by FMA contraction and summation blocking; one machine always runs one)
-#if VISIONOPS_CONV_AVX2
-#define VISIONOPS_CONV_KERNEL(fn, ...) (cpu_has_avx2() ? &conv_avx2::fn<__VA_ARGS__> : &conv_generic::fn<__VA_ARGS__>)
-#define VISIONOPS_CONV_KERNEL_WIDE(fn, ...) \
-  (cpu_has_avx512() ? &conv_avx512::fn<__VA_ARGS__> : VISIONOPS_CONV_KERNEL(fn, __VA_ARGS__))
-#else
-#define VISIONOPS_CONV_KERNEL(fn, ...) (&conv_generic::fn<__VA_ARGS__>)
-#define VISIONOPS_CONV_KERNEL_WIDE(fn, ...) (&conv_generic::fn<__VA_ARGS__>)
-#endif
+#define VISIONOPS_CONV_KERNEL(fn, ...) VISIONOPS_ISA_KERNEL(conv, fn, __VA_ARGS__)
+#define VISIONOPS_CONV_KERNEL_WIDE(fn, ...) VISIONOPS_ISA_KERNEL_WIDE(conv, fn, __VA_ARGS__)
 
 // ---------------------------------------------------------------- depthwise, NCHW
 
 // scratch of dw_forward_plane for any variant (the widest vectors need the most)
 template <typename T>
 int64_t dw_forward_scratch_widest(const ConvGeometry& g) {
-#if VISIONOPS_CONV_AVX2
+#if VISIONOPS_X86_VARIANTS
   return conv_avx512::flat_forward_scratch<T>(g);
 #else
   return conv_generic::flat_forward_scratch<T>(g);

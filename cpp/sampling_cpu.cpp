@@ -11,11 +11,17 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 #include <algorithm>
+#include <cstdint>
 #include <type_traits>
 #include <vector>
 
 #include "visionops/check.h"
+#include "visionops/cpu_isa.h"
 #include "visionops/sampling.h"
 #include "visionops/sampling_ops.h"
 
@@ -79,6 +85,51 @@ void check_output_size(const char* op, int64_t height, int64_t width) {
   VISIONOPS_CHECK(height >= 0 && width >= 0, op, ": output size must be non-negative, got (", height, ", ", width, ")");
 }
 
+// The pixel transform of one axis: x = ((g + 1) * scale - shift) / 2 is
+// unnormalize() for align_corners (scale = size - 1, shift = 0) and not
+// (scale = size, shift = 1); border padding clamps to [0, size - 1]; coordinates
+// beyond +-kMaxCoordinate (and NaN) go to -100, outside any image.
+template <typename T>
+struct PixelAxis {
+  T scale, shift, hi;
+  int32_t size;
+};
+
+template <bool kBorder, typename T>
+inline T pixel_coordinate(T g, const PixelAxis<T>& a) {
+  T x = ((g + T(1)) * a.scale - a.shift) * T(0.5);
+  if constexpr (kBorder) {
+    x = x > T(0) ? x : T(0);
+    x = x < a.hi ? x : a.hi;
+  }
+  const T big = static_cast<T>(kMaxCoordinate);
+  return (x >= -big && x <= big) ? x : T(-100);
+}
+
+#define VISIONOPS_SAMPLING_GATHER 0
+namespace sampling_generic {
+#include "sampling_cpu_kernels.inc"
+}  // namespace sampling_generic
+#undef VISIONOPS_SAMPLING_GATHER
+#if VISIONOPS_X86_VARIANTS
+#define VISIONOPS_SAMPLING_GATHER 8
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+namespace sampling_avx2 {
+#include "sampling_cpu_kernels.inc"
+}  // namespace sampling_avx2
+#pragma GCC pop_options
+#undef VISIONOPS_SAMPLING_GATHER
+#define VISIONOPS_SAMPLING_GATHER 16
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")
+namespace sampling_avx512 {
+#include "sampling_cpu_kernels.inc"
+}  // namespace sampling_avx512
+#pragma GCC pop_options
+#undef VISIONOPS_SAMPLING_GATHER
+#endif
+
 namespace {
 
 Strides4 strides_of(const at::Tensor& t) { return {t.stride(0), t.stride(1), t.stride(2), t.stride(3)}; }
@@ -132,65 +183,95 @@ void sample_forward_impl(const at::Tensor& input, at::Tensor& output, const Sour
   });
 }
 
-// GCC if-converts (and so vectorises) float selects only without trapping math;
-// the results are the same, only FP exception flags are not modelled.
-#if defined(__GNUC__) && !defined(__clang__)
-#define VISIONOPS_VECTORIZE __attribute__((optimize("no-trapping-math")))
-#else
-#define VISIONOPS_VECTORIZE
-#endif
-
-// Normalised coordinates -> floor (int32) and fraction of the pixel coordinate,
-// branch-free: x = ((g + 1) * M - K) / 2 is unnormalize() for both
-// align_corners (M = size - 1, K = 0) and not (M = size, K = 1), exactly.
-template <typename T, Padding kPad>
-VISIONOPS_VECTORIZE void pixel_floor_row(const T* __restrict__ g, T* __restrict__ frac, int32_t* __restrict__ cell,
-                                         int64_t count, T M, T K, T hi) {
-  const T big = static_cast<T>(kMaxCoordinate);
-  for (int64_t i = 0; i < count; ++i) {
-    T x = ((g[i] + T(1)) * M - K) * T(0.5);
-    if constexpr (kPad == Padding::Border) {
-      x = x > T(0) ? x : T(0);
-      x = x < hi ? x : hi;
-    }
-    const bool ok = (x >= -big) & (x <= big);
-    x = ok ? x : T(-100);
-    const int32_t t = static_cast<int32_t>(x);
-    const int32_t f = t - static_cast<int32_t>(static_cast<T>(t) > x);
-    cell[i] = f;
-    frac[i] = x - static_cast<T>(f);
+// A row of normalised source coordinates as (x, y) pairs. The affine and TPS
+// warps read the base x coordinate from a table filled once per task
+// (base_coordinate divides); the values are those of the sources' per-point
+// operator(). A float / double grid is read in place.
+template <typename T, typename scalar_t>
+const T* source_row(const GridSource<T, scalar_t>& src, int64_t n, int64_t h, const T*, T* xy) {
+  const scalar_t* g = src.grid + (n * src.OH + h) * src.OW * 2;
+  if constexpr (std::is_same_v<T, scalar_t>) {
+    return g;
+  } else {
+    for (int64_t i = 0; i < 2 * src.OW; ++i) xy[i] = static_cast<T>(g[i]);
+    return xy;
   }
 }
 
-// Bilinear with zeros / border padding, one output row at a time in passes:
-// coordinates, then their pixel-space floor and fractions in a branch-free loop
-// the compiler vectorises, then the gathers. Same expressions as
-// source_coordinate / Bilinear / sample_point in sampling.h, so the results are
-// bit-identical to the generic path.
+template <typename T, typename scalar_t>
+const T* source_row(const AffineSource<T, scalar_t>& src, int64_t n, int64_t h, const T* base_x, T* xy) {
+  const scalar_t* t = src.theta + n * 6;
+  const T yt = base_coordinate<T>(h, src.OH, src.align_corners);
+  const T t0 = static_cast<T>(t[0]), t1 = static_cast<T>(t[1]), t2 = static_cast<T>(t[2]);
+  const T t3 = static_cast<T>(t[3]), t4 = static_cast<T>(t[4]), t5 = static_cast<T>(t[5]);
+  for (int64_t w = 0; w < src.OW; ++w) {
+    xy[2 * w] = t0 * base_x[w] + t1 * yt + t2;
+    xy[2 * w + 1] = t3 * base_x[w] + t4 * yt + t5;
+  }
+  return xy;
+}
+
+template <typename T, typename scalar_t>
+const T* source_row(const TPSSource<T, scalar_t>& src, int64_t n, int64_t h, const T* base_x, T* xy) {
+  const T yt = base_coordinate<T>(h, src.OH, src.align_corners);
+  const scalar_t* a = src.affine_weights + n * 6;
+  const scalar_t* kw = src.kernel_weights + n * src.K * 2;
+  const scalar_t* c = src.target_points + n * src.K * 2;
+  for (int64_t w = 0; w < src.OW; ++w) {
+    const T xt = base_x[w];
+    T x = static_cast<T>(a[0]) + static_cast<T>(a[2]) * xt + static_cast<T>(a[4]) * yt;
+    T y = static_cast<T>(a[1]) + static_cast<T>(a[3]) * xt + static_cast<T>(a[5]) * yt;
+    for (int64_t k = 0; k < src.K; ++k) {
+      const T dx = xt - static_cast<T>(c[2 * k]), dy = yt - static_cast<T>(c[2 * k + 1]);
+      const T u = tps_radial(dx * dx + dy * dy);
+      x += static_cast<T>(kw[2 * k]) * u;
+      y += static_cast<T>(kw[2 * k + 1]) * u;
+    }
+    xy[2 * w] = x;
+    xy[2 * w + 1] = y;
+  }
+  return xy;
+}
+
+// Bilinear with zeros / border padding, one output row at a time: the row's
+// source coordinates, then the taps. NCHW planes go through the vector kernels
+// of sampling_cpu_kernels.inc; channels_last reads each point's channels
+// contiguously. Same expressions as source_coordinate / Bilinear / sample_point
+// in sampling.h, up to FMA contraction.
 template <typename scalar_t, typename Source, Padding kPad>
 void bilinear_rows_impl(const at::Tensor& input, at::Tensor& output, const Source& src, bool align_corners) {
   using T = at::opmath_type<scalar_t>;
+  constexpr bool kBorder = kPad == Padding::Border;
   const int64_t C = input.size(1), H = input.size(2), W = input.size(3);
   const int64_t N = output.size(0), OH = output.size(2), OW = output.size(3);
   const Strides4 s = strides_of(input), os = strides_of(output);
   const scalar_t* in = input.const_data_ptr<scalar_t>();
   scalar_t* out = output.mutable_data_ptr<scalar_t>();
-  const T Mx = static_cast<T>(align_corners ? W - 1 : W), My = static_cast<T>(align_corners ? H - 1 : H);
-  const T Kc = align_corners ? T(0) : T(1);
-  const T hx = static_cast<T>(W - 1), hy = static_cast<T>(H - 1);
+  const PixelAxis<T> ax_x{static_cast<T>(align_corners ? W - 1 : W), align_corners ? T(0) : T(1),
+                          static_cast<T>(W - 1), static_cast<int32_t>(W)};
+  const PixelAxis<T> ax_y{static_cast<T>(align_corners ? H - 1 : H), align_corners ? T(0) : T(1),
+                          static_cast<T>(H - 1), static_cast<int32_t>(H)};
+  // planes whose offsets fit int32 (the gathers' index type)
+  const bool planar = s.x == 1 && s.y == W && os.x == 1 && os.y == OW && H * W < (int64_t(1) << 31);
+  const auto row_kernel = VISIONOPS_ISA_KERNEL_WIDE(sampling, bilinear_row_planar, kBorder, T, scalar_t);
   at::parallel_for(0, N * OH, std::max<int64_t>(1, 2048 / std::max<int64_t>(OW, 1)), [&](int64_t begin, int64_t end) {
-    std::vector<T> gx(OW), gy(OW), fx(OW), fy(OW);
-    std::vector<int32_t> x0(OW), y0(OW);
+    std::vector<T> xy(2 * OW), base_x(OW);
+    for (int64_t w = 0; w < OW; ++w) base_x[w] = base_coordinate<T>(w, OW, align_corners);
     for (int64_t row = begin; row < end; ++row) {
       const int64_t n = row / OH, h = row % OH;
-      for (int64_t w = 0; w < OW; ++w) src(n, h, w, gx[w], gy[w]);
-      pixel_floor_row<T, kPad>(gx.data(), fx.data(), x0.data(), OW, Mx, Kc, hx);
-      pixel_floor_row<T, kPad>(gy.data(), fy.data(), y0.data(), OW, My, Kc, hy);
+      const T* g = source_row(src, n, h, base_x.data(), xy.data());
       const scalar_t* in_n = in + n * s.n;
       scalar_t* out_row = out + n * os.n + h * os.y;
+      if (planar) {
+        row_kernel(in_n, s.c, C, ax_x, ax_y, g, OW, out_row, os.c);
+        continue;
+      }
       for (int64_t w = 0; w < OW; ++w) {
-        const int64_t xa = x0[w], ya = y0[w], xb = xa + 1, yb = ya + 1;
-        const T ax = fx[w], ay = fy[w];
+        const T x = pixel_coordinate<kBorder>(g[2 * w], ax_x);
+        const T y = pixel_coordinate<kBorder>(g[2 * w + 1], ax_y);
+        const T fx0 = std::floor(x), fy0 = std::floor(y);
+        const int64_t xa = static_cast<int64_t>(fx0), ya = static_cast<int64_t>(fy0), xb = xa + 1, yb = ya + 1;
+        const T ax = x - fx0, ay = y - fy0;
         const bool m00 = inside(xa, ya, W, H), m01 = inside(xb, ya, W, H), m10 = inside(xa, yb, W, H),
                    m11 = inside(xb, yb, W, H);
         const T w00 = (T(1) - ax) * (T(1) - ay), w01 = ax * (T(1) - ay), w10 = (T(1) - ax) * ay, w11 = ax * ay;
