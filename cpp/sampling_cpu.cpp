@@ -92,7 +92,7 @@ void check_output_size(const char* op, int64_t height, int64_t width) {
 template <typename T>
 struct PixelAxis {
   T scale, shift, hi;
-  int32_t size;
+  int64_t size;
 };
 
 template <bool kBorder, typename T>
@@ -104,6 +104,23 @@ inline T pixel_coordinate(T g, const PixelAxis<T>& a) {
   }
   const T big = static_cast<T>(kMaxCoordinate);
   return (x >= -big && x <= big) ? x : T(-100);
+}
+
+// pixel_coordinate with d(pixel)/d(grid), as source_coordinate: 0 where the
+// border clamp or the out-of-range rule holds the coordinate fixed.
+template <bool kBorder, typename T>
+inline T pixel_coordinate_d(T g, const PixelAxis<T>& a, T& d) {
+  T x = ((g + T(1)) * a.scale - a.shift) * T(0.5);
+  T d_pad = T(1);
+  if constexpr (kBorder) {
+    d_pad = (x > T(0) && x < a.hi) ? T(1) : T(0);
+    x = x > T(0) ? x : T(0);
+    x = x < a.hi ? x : a.hi;
+  }
+  const T big = static_cast<T>(kMaxCoordinate);
+  const bool ok = x >= -big && x <= big;
+  d = ok ? a.scale * T(0.5) * d_pad : T(0);
+  return ok ? x : T(-100);
 }
 
 #define VISIONOPS_SAMPLING_GATHER 0
@@ -248,9 +265,9 @@ void bilinear_rows_impl(const at::Tensor& input, at::Tensor& output, const Sourc
   const scalar_t* in = input.const_data_ptr<scalar_t>();
   scalar_t* out = output.mutable_data_ptr<scalar_t>();
   const PixelAxis<T> ax_x{static_cast<T>(align_corners ? W - 1 : W), align_corners ? T(0) : T(1),
-                          static_cast<T>(W - 1), static_cast<int32_t>(W)};
+                          static_cast<T>(W - 1), W};
   const PixelAxis<T> ax_y{static_cast<T>(align_corners ? H - 1 : H), align_corners ? T(0) : T(1),
-                          static_cast<T>(H - 1), static_cast<int32_t>(H)};
+                          static_cast<T>(H - 1), H};
   // planes whose offsets fit int32 (the gathers' index type)
   const bool planar = s.x == 1 && s.y == W && os.x == 1 && os.y == OW && H * W < (int64_t(1) << 31);
   const auto row_kernel = VISIONOPS_ISA_KERNEL_WIDE(sampling, bilinear_row_planar, kBorder, T, scalar_t);
@@ -483,6 +500,10 @@ void both_grads_impl(const at::Tensor& grad, const at::Tensor& input, const at::
   const int64_t block = channel_block(N, C);
   const int64_t blocks = (C + block - 1) / block;
   std::vector<T> partial(blocks > 1 ? blocks * N * P * 2 : 0);
+  const PixelAxis<T> ax_x{static_cast<T>(align_corners ? W - 1 : W), align_corners ? T(0) : T(1),
+                          static_cast<T>(W - 1), W};
+  const PixelAxis<T> ax_y{static_cast<T>(align_corners ? H - 1 : H), align_corners ? T(0) : T(1),
+                          static_cast<T>(H - 1), H};
   at::parallel_for(0, N * blocks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n = task / blocks, blk = task % blocks, c0 = blk * block, c1 = std::min(C, c0 + block);
@@ -490,6 +511,23 @@ void both_grads_impl(const at::Tensor& grad, const at::Tensor& input, const at::
       T* acc_n = acc + n * s.n;
       const scalar_t* g_n = g + n * gs.n;
       const scalar_t* grid_n = gr + n * P * 2;
+      if constexpr (interp == Interp::Bilinear && padding != Padding::Reflection) {
+        // the row kernel for this CPU; pairs: the row's grid gradient, or its share
+        const auto row_kernel =
+            VISIONOPS_ISA_KERNEL(sampling, bilinear_row_backward, padding == Padding::Border, T, scalar_t);
+        std::vector<T> pairs(2 * OW);
+        for (int64_t h = 0; h < OH; ++h) {
+          row_kernel(in_n + c0 * s.c, acc_n + c0 * s.c, s.c, s.y, s.x, c1 - c0, ax_x, ax_y, grid_n + h * OW * 2, OW,
+                     g_n + h * gs.y + c0 * gs.c, gs.c, gs.x, pairs.data(), blocks == 1);
+          if (blocks == 1) {
+            scalar_t* out = gg + (n * P + h * OW) * 2;
+            for (int64_t i = 0; i < 2 * OW; ++i) out[i] = static_cast<scalar_t>(pairs[i]);
+          } else {
+            std::copy(pairs.begin(), pairs.end(), partial.begin() + ((blk * N + n) * P + h * OW) * 2);
+          }
+        }
+        continue;
+      }
       for (int64_t h = 0; h < OH; ++h) {
         for (int64_t w = 0; w < OW; ++w) {
           const int64_t p = h * OW + w;
