@@ -491,35 +491,55 @@ void both_grads_impl(const at::Tensor& grad, const at::Tensor& input, const at::
   const int64_t C = input.size(1), H = input.size(2), W = input.size(3);
   const int64_t N = grid.size(0), OH = grid.size(1), OW = grid.size(2), P = OH * OW;
   const Strides4 s = strides_of(input), gs = strides_of(grad);
-  TORCH_INTERNAL_ASSERT(grad_acc.strides() == input.strides());
+  // an undefined grad_acc / grad_grid is not wanted (bilinear zeros / border only)
+  TORCH_INTERNAL_ASSERT(!grad_acc.defined() || grad_acc.strides() == input.strides());
   const scalar_t* in = input.const_data_ptr<scalar_t>();
   const scalar_t* g = grad.const_data_ptr<scalar_t>();
   const scalar_t* gr = grid.const_data_ptr<scalar_t>();
-  T* acc = grad_acc.mutable_data_ptr<T>();
-  scalar_t* gg = grad_grid.mutable_data_ptr<scalar_t>();
-  const int64_t block = channel_block(N, C);
-  const int64_t blocks = (C + block - 1) / block;
-  std::vector<T> partial(blocks > 1 ? blocks * N * P * 2 : 0);
+  T* acc = grad_acc.defined() ? grad_acc.mutable_data_ptr<T>() : nullptr;
+  scalar_t* gg = grad_grid.defined() ? grad_grid.mutable_data_ptr<scalar_t>() : nullptr;
   const PixelAxis<T> ax_x{static_cast<T>(align_corners ? W - 1 : W), align_corners ? T(0) : T(1),
                           static_cast<T>(W - 1), W};
   const PixelAxis<T> ax_y{static_cast<T>(align_corners ? H - 1 : H), align_corners ? T(0) : T(1),
                           static_cast<T>(H - 1), H};
+  if constexpr (interp == Interp::Bilinear && padding != Padding::Reflection) {
+    if (acc == nullptr) {
+      // grid gradient only: output rows are independent, all channels at once
+      const auto row_kernel =
+          VISIONOPS_ISA_KERNEL_WIDE(sampling, bilinear_row_backward, padding == Padding::Border, T, scalar_t);
+      at::parallel_for(0, N * OH, std::max<int64_t>(1, 1024 / std::max<int64_t>(OW * C, 1)), [&](int64_t b, int64_t e) {
+        std::vector<T> pairs(2 * OW);
+        for (int64_t row = b; row < e; ++row) {
+          const int64_t n = row / OH, h = row % OH;
+          row_kernel(in + n * s.n, nullptr, s.c, s.y, s.x, C, ax_x, ax_y, gr + row * OW * 2, OW,
+                     g + n * gs.n + h * gs.y, gs.c, gs.x, pairs.data(), true);
+          scalar_t* out = gg + row * OW * 2;
+          for (int64_t i = 0; i < 2 * OW; ++i) out[i] = static_cast<scalar_t>(pairs[i]);
+        }
+      });
+      return;
+    }
+  }
+  const int64_t block = channel_block(N, C);
+  const int64_t blocks = (C + block - 1) / block;
+  std::vector<T> partial(blocks > 1 && gg != nullptr ? blocks * N * P * 2 : 0);
   at::parallel_for(0, N * blocks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n = task / blocks, blk = task % blocks, c0 = blk * block, c1 = std::min(C, c0 + block);
       const scalar_t* in_n = in + n * s.n;
-      T* acc_n = acc + n * s.n;
+      T* acc_n = acc != nullptr ? acc + n * s.n : nullptr;
       const scalar_t* g_n = g + n * gs.n;
       const scalar_t* grid_n = gr + n * P * 2;
       if constexpr (interp == Interp::Bilinear && padding != Padding::Reflection) {
         // the row kernel for this CPU; pairs: the row's grid gradient, or its share
         const auto row_kernel =
-            VISIONOPS_ISA_KERNEL(sampling, bilinear_row_backward, padding == Padding::Border, T, scalar_t);
+            VISIONOPS_ISA_KERNEL_WIDE(sampling, bilinear_row_backward, padding == Padding::Border, T, scalar_t);
         std::vector<T> pairs(2 * OW);
         for (int64_t h = 0; h < OH; ++h) {
-          row_kernel(in_n + c0 * s.c, acc_n + c0 * s.c, s.c, s.y, s.x, c1 - c0, ax_x, ax_y, grid_n + h * OW * 2, OW,
+          row_kernel(in_n + c0 * s.c, acc_n != nullptr ? acc_n + c0 * s.c : nullptr, s.c, s.y, s.x, c1 - c0, ax_x, ax_y, grid_n + h * OW * 2, OW,
                      g_n + h * gs.y + c0 * gs.c, gs.c, gs.x, pairs.data(), blocks == 1);
-          if (blocks == 1) {
+          if (gg == nullptr) {
+          } else if (blocks == 1) {
             scalar_t* out = gg + (n * P + h * OW) * 2;
             for (int64_t i = 0; i < 2 * OW; ++i) out[i] = static_cast<scalar_t>(pairs[i]);
           } else {
@@ -576,7 +596,7 @@ void both_grads_impl(const at::Tensor& grad, const at::Tensor& input, const at::
       }
     }
   });
-  if (blocks > 1) {
+  if (blocks > 1 && gg != nullptr) {
     at::parallel_for(0, N * P, 1024, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
         T sx = T(0), sy = T(0);
@@ -615,16 +635,20 @@ std::tuple<at::Tensor, at::Tensor> grid_sample_backward_cpu(const at::Tensor& gr
   const auto gr = grid.contiguous();
   at::Tensor grad_input = at::empty({0}, input.options());
   at::Tensor grad_grid = at::empty({0}, grid.options());
-  if (output_mask[0] && output_mask[1]) {
+  // bilinear zeros / border: one pass for either gradient or both (the row kernels)
+  const bool row_kernels = interp == Interp::Bilinear && padding != Padding::Reflection;
+  if ((output_mask[0] && output_mask[1]) || (row_kernels && (output_mask[0] || output_mask[1]))) {
     const auto acc_type = at::toOpMathType(input.scalar_type());
-    auto acc = at::empty(input.sizes(), input.options().dtype(acc_type), fmt).zero_();
-    grad_grid = at::zeros(grid.sizes(), grid.options());
-    if (acc.numel() != 0 && g.numel() != 0) {
+    at::Tensor acc, grid_out;
+    if (output_mask[0]) acc = at::empty(input.sizes(), input.options().dtype(acc_type), fmt).zero_();
+    if (output_mask[1]) grid_out = at::zeros(grid.sizes(), grid.options());
+    if (in.numel() != 0 && g.numel() != 0) {
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "grid_sample_backward_cpu", [&] {
-        both_grads_impl<scalar_t>(g, in, gr, acc, grad_grid, interp, padding, align_corners);
+        both_grads_impl<scalar_t>(g, in, gr, acc, grid_out, interp, padding, align_corners);
       });
     }
-    grad_input = acc.scalar_type() == input.scalar_type() ? acc : acc.to(input.scalar_type());
+    if (output_mask[0]) grad_input = acc.scalar_type() == input.scalar_type() ? acc : acc.to(input.scalar_type());
+    if (output_mask[1]) grad_grid = grid_out;
     return {grad_input, grad_grid};
   }
   if (output_mask[0]) {
