@@ -502,52 +502,46 @@ void both_grads_impl(const at::Tensor& grad, const at::Tensor& input, const at::
                           static_cast<T>(W - 1), W};
   const PixelAxis<T> ax_y{static_cast<T>(align_corners ? H - 1 : H), align_corners ? T(0) : T(1),
                           static_cast<T>(H - 1), H};
+  const int64_t block = channel_block(N, C);
+  const int64_t blocks = (C + block - 1) / block;
   if constexpr (interp == Interp::Bilinear && padding != Padding::Reflection) {
-    if (acc == nullptr) {
-      // grid gradient only: output rows are independent, all channels at once
-      const auto row_kernel =
-          VISIONOPS_ISA_KERNEL_WIDE(sampling, bilinear_row_backward, padding == Padding::Border, T, scalar_t);
+    // Two passes of the row kernels: the grid gradient by output rows (all
+    // channels at once), then the input gradient by (image, channel block)
+    // tasks that own their planes. Apart, each skips the other's work.
+    const auto row_kernel =
+        VISIONOPS_ISA_KERNEL_WIDE(sampling, bilinear_row_backward, padding == Padding::Border, T, scalar_t);
+    if (gg != nullptr) {
       at::parallel_for(0, N * OH, std::max<int64_t>(1, 1024 / std::max<int64_t>(OW * C, 1)), [&](int64_t b, int64_t e) {
         std::vector<T> pairs(2 * OW);
         for (int64_t row = b; row < e; ++row) {
           const int64_t n = row / OH, h = row % OH;
           row_kernel(in + n * s.n, nullptr, s.c, s.y, s.x, C, ax_x, ax_y, gr + row * OW * 2, OW,
-                     g + n * gs.n + h * gs.y, gs.c, gs.x, pairs.data(), true);
+                     g + n * gs.n + h * gs.y, gs.c, gs.x, pairs.data());
           scalar_t* out = gg + row * OW * 2;
           for (int64_t i = 0; i < 2 * OW; ++i) out[i] = static_cast<scalar_t>(pairs[i]);
         }
       });
-      return;
     }
+    if (acc != nullptr) {
+      at::parallel_for(0, N * blocks, 1, [&](int64_t b, int64_t e) {
+        for (int64_t task = b; task < e; ++task) {
+          const int64_t n = task / blocks, c0 = (task % blocks) * block, c1 = std::min(C, c0 + block);
+          for (int64_t h = 0; h < OH; ++h)
+            row_kernel(in + n * s.n + c0 * s.c, acc + n * s.n + c0 * s.c, s.c, s.y, s.x, c1 - c0, ax_x, ax_y,
+                       gr + (n * OH + h) * OW * 2, OW, g + n * gs.n + h * gs.y + c0 * gs.c, gs.c, gs.x, nullptr);
+        }
+      });
+    }
+    return;
   }
-  const int64_t block = channel_block(N, C);
-  const int64_t blocks = (C + block - 1) / block;
-  std::vector<T> partial(blocks > 1 && gg != nullptr ? blocks * N * P * 2 : 0);
+  std::vector<T> partial(blocks > 1 ? blocks * N * P * 2 : 0);
   at::parallel_for(0, N * blocks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n = task / blocks, blk = task % blocks, c0 = blk * block, c1 = std::min(C, c0 + block);
       const scalar_t* in_n = in + n * s.n;
-      T* acc_n = acc != nullptr ? acc + n * s.n : nullptr;
+      T* acc_n = acc + n * s.n;
       const scalar_t* g_n = g + n * gs.n;
       const scalar_t* grid_n = gr + n * P * 2;
-      if constexpr (interp == Interp::Bilinear && padding != Padding::Reflection) {
-        // the row kernel for this CPU; pairs: the row's grid gradient, or its share
-        const auto row_kernel =
-            VISIONOPS_ISA_KERNEL_WIDE(sampling, bilinear_row_backward, padding == Padding::Border, T, scalar_t);
-        std::vector<T> pairs(2 * OW);
-        for (int64_t h = 0; h < OH; ++h) {
-          row_kernel(in_n + c0 * s.c, acc_n != nullptr ? acc_n + c0 * s.c : nullptr, s.c, s.y, s.x, c1 - c0, ax_x, ax_y, grid_n + h * OW * 2, OW,
-                     g_n + h * gs.y + c0 * gs.c, gs.c, gs.x, pairs.data(), blocks == 1);
-          if (gg == nullptr) {
-          } else if (blocks == 1) {
-            scalar_t* out = gg + (n * P + h * OW) * 2;
-            for (int64_t i = 0; i < 2 * OW; ++i) out[i] = static_cast<scalar_t>(pairs[i]);
-          } else {
-            std::copy(pairs.begin(), pairs.end(), partial.begin() + ((blk * N + n) * P + h * OW) * 2);
-          }
-        }
-        continue;
-      }
       for (int64_t h = 0; h < OH; ++h) {
         for (int64_t w = 0; w < OW; ++w) {
           const int64_t p = h * OW + w;
@@ -596,7 +590,7 @@ void both_grads_impl(const at::Tensor& grad, const at::Tensor& input, const at::
       }
     }
   });
-  if (blocks > 1 && gg != nullptr) {
+  if (blocks > 1) {
     at::parallel_for(0, N * P, 1024, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
         T sx = T(0), sy = T(0);
