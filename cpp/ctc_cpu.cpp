@@ -233,12 +233,18 @@ void exp_diff_row(const float* v, const float* m, float* out, int64_t begin, int
 }
 #endif
 
-// Work (cells or elements) below which a loop runs on one thread: a parallel
-// region costs more than that much arithmetic, and far more on a loaded machine.
-constexpr int64_t kSerialWork = 1 << 17;
+// Work below which a loop runs on one thread: a parallel region costs ~10 us,
+// more on a loaded machine. A recursion cell is a log-sum-exp (~10 ns), so
+// 4096 cells are ~40 us; a dense element is an exp or a multiply (~1 ns).
+// (One limit of 2^17 for both kept the CRNN-sized batch, 32 x 64 x 13 cells,
+// on one thread: 0.70x torch's 2-thread time.)
+constexpr int64_t kSerialCells = 1 << 12;
+constexpr int64_t kSerialElements = 1 << 15;
 
 // samples per task for per-sample loops of `cells_per_sample` cells each
-int64_t grain_for(int64_t cells_per_sample) { return std::max<int64_t>(1, kSerialWork / std::max<int64_t>(cells_per_sample, 1)); }
+int64_t grain_for(int64_t cells_per_sample) {
+  return std::max<int64_t>(1, kSerialCells / std::max<int64_t>(cells_per_sample, 1));
+}
 
 // out[c] = exp(lp[c]) * g
 template <typename scalar_t, typename acc_t>
@@ -372,7 +378,7 @@ at::Tensor ctc_loss_backward_cpu(const at::Tensor& grad_, const at::Tensor& log_
   // Large float/double inputs: ATen's exp (AVX-512 where the CPU has it) then a
   // scaling pass beats one fused AVX2 pass; small ones stay in one serial pass.
   const bool aten_exp = (log_probs.scalar_type() == at::kFloat || log_probs.scalar_type() == at::kDouble) &&
-                        log_probs.numel() >= kSerialWork;
+                        log_probs.numel() >= kSerialElements;
   auto grad_lp = aten_exp ? at::exp(log_probs) : at::empty_like(log_probs, at::MemoryFormat::Contiguous);
   if (grad_lp.numel() == 0) return grad_lp;
 
@@ -394,7 +400,7 @@ at::Tensor ctc_loss_backward_cpu(const at::Tensor& grad_, const at::Tensor& log_
     }
     // dense part, parallel over rows: g * exp(lp) for t < Tb; 0 past the input
     // and for zeroed infinities; NaN for an infinite loss (torch: -inf + inf)
-    at::parallel_for(0, T * N, std::max<int64_t>(1, kSerialWork / std::max<int64_t>(C, 1)), [&](int64_t r0, int64_t r1) {
+    at::parallel_for(0, T * N, std::max<int64_t>(1, kSerialElements / std::max<int64_t>(C, 1)), [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
         const int64_t t = r / N, b = r % N;
         scalar_t* row = out + r * C;
