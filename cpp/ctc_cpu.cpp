@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "visionops/check.h"
+#include "visionops/cpu_isa.h"
 #include "visionops/ctc.h"
 #include "visionops/ctc_ops.h"
 
@@ -154,12 +155,8 @@ void exp_diff_row(const acc_t* v, const acc_t* m, acc_t* out, int64_t begin, int
 }
 
 #ifdef VISIONOPS_CTC_AVX2
-bool have_avx2() {
-  // VISIONOPS_NO_SIMD=1 forces the scalar path (to test it on AVX2 machines)
-  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                         std::getenv("VISIONOPS_NO_SIMD") == nullptr;
-  return ok;
-}
+// VISIONOPS_CPU_ISA=generic forces the scalar path (cpu_isa.h)
+bool have_avx2() { return cpu_has_avx2(); }
 
 // log(exp(a) + exp(b) + exp(c)) + e per lane; -inf where a, b, c are all -inf
 __attribute__((target("avx2,fma"))) inline __m256 lse3_plus(__m256 a, __m256 b, __m256 c, __m256 e) {

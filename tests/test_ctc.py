@@ -320,12 +320,12 @@ torch.testing.assert_close(ga, gb, rtol=1e-4, atol=1e-4, equal_nan=True)
 
 def test_scalar_cpu_path_matches_torch():
     # float32 recursions run 8-wide with AVX2 where the CPU has it; the scalar
-    # fallback (forced by VISIONOPS_NO_SIMD, read once per process) must agree too
+    # fallback (forced by VISIONOPS_CPU_ISA=generic, read once per process) must agree too
     import os
     import subprocess
     import sys
 
-    env = dict(os.environ, VISIONOPS_NO_SIMD="1")
+    env = dict(os.environ, VISIONOPS_CPU_ISA="generic")
     result = subprocess.run([sys.executable, "-c", _SCALAR_SCRIPT], env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
 

@@ -12,11 +12,27 @@
 #define VISIONOPS_X86_VARIANTS 0
 #endif
 
+#include <cstdlib>
+#include <cstring>
+
 namespace visionops {
+
+// VISIONOPS_CPU_ISA=generic or avx2 caps the variant used (read once), so that
+// the tests run every variant on one machine; unset (or avx512): the best.
+inline int cpu_isa_cap() {
+  static const int cap = [] {
+    const char* v = std::getenv("VISIONOPS_CPU_ISA");
+    if (v == nullptr) return 2;
+    if (std::strcmp(v, "generic") == 0) return 0;
+    if (std::strcmp(v, "avx2") == 0) return 1;
+    return 2;
+  }();
+  return cap;
+}
 
 inline bool cpu_has_avx2() {
 #if VISIONOPS_X86_VARIANTS
-  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  static const bool has = cpu_isa_cap() >= 1 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   return has;
 #else
   return false;
@@ -25,7 +41,7 @@ inline bool cpu_has_avx2() {
 
 inline bool cpu_has_avx512() {
 #if VISIONOPS_X86_VARIANTS
-  static const bool has = cpu_has_avx2() && __builtin_cpu_supports("avx512f") &&
+  static const bool has = cpu_isa_cap() >= 2 && cpu_has_avx2() && __builtin_cpu_supports("avx512f") &&
                           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw") &&
                           __builtin_cpu_supports("avx512dq");
   return has;

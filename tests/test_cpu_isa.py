@@ -1,0 +1,91 @@
+"""Every CPU kernel variant against torch on one machine.
+
+The SIMD kernels of `conv` and `sampling` are compiled for generic x86-64, AVX2
+and AVX-512 and the best one for the CPU runs (cpp/include/visionops/cpu_isa.h).
+The normal test run only reaches the best; ``VISIONOPS_CPU_ISA=generic|avx2``
+(read once per process) caps the choice, so each variant is checked here in a
+subprocess: depthwise convolution and bilinear grid sampling, forward and
+both gradients, on shapes whose rows end in partial vectors.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+_SCRIPT = r"""
+import itertools
+import torch
+import torch.nn.functional as F
+from visionops import ops
+
+torch.manual_seed(0)
+failures = []
+
+
+def check(what, a, b, tol):
+    if not torch.allclose(a, b, rtol=tol, atol=tol):
+        failures.append(f"{what}: max abs diff {(a - b).abs().max().item():.3g}")
+
+
+# bilinear grid sampling: widths 1..37 cover whole and partial 8- and 16-point vectors
+for (n, c, h, w, ow), pad, ac, cl in itertools.product(
+        [(2, 1, 9, 13, 37), (3, 3, 7, 5, 1), (1, 5, 12, 16, 20), (2, 2, 6, 6, 16)],
+        ["zeros", "border"], [False, True], [False, True]):
+    x = torch.randn(n, c, h, w, dtype=torch.float64)
+    if cl:
+        x = x.contiguous(memory_format=torch.channels_last)
+    grid = torch.rand(n, 3, ow, 2, dtype=torch.float64) * 2.6 - 1.3
+    x32, g32 = x.float().requires_grad_(), grid.float().requires_grad_()
+    out = ops.grid_sample(x32, g32, "bilinear", pad, ac)
+    ref = F.grid_sample(x, grid, "bilinear", pad, ac)
+    check(f"grid_sample fwd {n, c, h, w, ow, pad, ac, cl}", out.double(), ref, 1e-5)
+    go = torch.randn_like(ref)
+    gx, gg = torch.autograd.grad(out, (x32, g32), go.float())
+    xr, gr = x.clone().requires_grad_(), grid.clone().requires_grad_()
+    rx, rg = torch.autograd.grad(F.grid_sample(xr, gr, "bilinear", pad, ac), (xr, gr), go)
+    check(f"grid_sample grad input {n, c, h, w, ow, pad, ac, cl}", gx.double(), rx, 1e-4)
+    check(f"grid_sample grad grid {n, c, h, w, ow, pad, ac, cl}", gg.double(), rg, 1e-4)
+    # one gradient alone takes its own pass
+    (only_grid,) = torch.autograd.grad(ops.grid_sample(x32.detach(), g32, "bilinear", pad, ac), (g32,), go.float())
+    check(f"grid_sample grid grad alone {n, c, h, w, ow, pad, ac, cl}", only_grid.double(), rg, 1e-4)
+
+# depthwise convolution: 3x3 and 5x5, strides 1 and 2, both layouts
+for (k, s, hw), cl in itertools.product([(3, 1, 19), (3, 2, 23), (5, 1, 17), (5, 2, 14), (7, 1, 9)], [False, True]):
+    x = torch.randn(2, 6, hw, hw + 3, dtype=torch.float64)
+    if cl:
+        x = x.contiguous(memory_format=torch.channels_last)
+    wgt = torch.randn(6, 1, k, k, dtype=torch.float64)
+    x32, w32 = x.float().requires_grad_(), wgt.float().requires_grad_()
+    out = ops.depthwise_conv2d(x32, w32, None, s, k // 2)
+    ref = F.conv2d(x, wgt, None, s, k // 2, 1, 6)
+    check(f"depthwise fwd {k, s, hw, cl}", out.double(), ref, 1e-4)
+    go = torch.randn_like(ref)
+    gx, gw = torch.autograd.grad(out, (x32, w32), go.float())
+    xr, wr = x.clone().requires_grad_(), wgt.clone().requires_grad_()
+    rx, rw = torch.autograd.grad(F.conv2d(xr, wr, None, s, k // 2, 1, 6), (xr, wr), go)
+    check(f"depthwise grad input {k, s, hw, cl}", gx.double(), rx, 1e-4)
+    check(f"depthwise grad weight {k, s, hw, cl}", gw.double(), rw, 1e-3)
+
+assert not failures, "\n".join(failures)
+print("checked")
+"""
+
+
+def _cpu_has(isa: str) -> bool:
+    capability = torch.backends.cpu.get_cpu_capability()
+    return {"generic": True, "avx2": capability in ("AVX2", "AVX512"), "avx512": capability == "AVX512"}[isa]
+
+
+@pytest.mark.parametrize("isa", ["generic", "avx2", "avx512"])
+def test_capped_kernel_variant_matches_torch(isa):
+    if not _cpu_has(isa):
+        pytest.skip(f"this CPU has no {isa}")
+    env = dict(os.environ, VISIONOPS_CPU_ISA=isa)
+    result = subprocess.run([sys.executable, "-c", _SCRIPT], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert "checked" in result.stdout
