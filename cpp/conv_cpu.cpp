@@ -11,6 +11,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <type_traits>
 #include <vector>
@@ -353,6 +354,81 @@ ConvGeometry expanded(ConvGeometry g) {
   return g;
 }
 
+// ---------------------------------------------------------------- non-finite weights
+//
+// The fast kernels read the zero padding (and, for the input gradient at
+// stride > 1, the outputs no pixel feeds) as zeros times the weight, which is
+// NaN when the weight is inf or NaN; torch skips those taps. A weight with a
+// non-finite value (a diverged training) therefore takes these direct loops,
+// which visit only the taps inside the image, in any layout (strided access).
+
+bool all_finite(const at::Tensor& weight) {
+  bool finite = true;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight.scalar_type(), "all_finite", [&] {
+    const scalar_t* w = weight.const_data_ptr<scalar_t>();  // contiguous
+    using T = at::opmath_type<scalar_t>;
+    for (int64_t i = 0; i < weight.numel() && finite; ++i) finite = std::isfinite(static_cast<T>(w[i]));
+  });
+  return finite;
+}
+
+template <typename scalar_t>
+void dw_forward_taps_inside(const ConvGeometry& g, const at::Tensor& input, const at::Tensor& weight,
+                            const std::optional<at::Tensor>& bias, int64_t act, at::Tensor& output) {
+  using T = at::opmath_type<scalar_t>;
+  const auto x = input.accessor<const scalar_t, 4>();
+  const auto w = weight.accessor<const scalar_t, 4>();
+  auto y = output.accessor<scalar_t, 4>();
+  const scalar_t* b = bias ? bias->const_data_ptr<scalar_t>() : nullptr;
+  at::parallel_for(0, g.N * g.OC, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n = task / g.OC, oc = task % g.OC, c = oc / g.m;
+      for (int64_t oh = 0; oh < g.OH; ++oh)
+        for (int64_t ow = 0; ow < g.OW; ++ow) {
+          T acc = b ? static_cast<T>(b[oc]) : T(0);
+          for (int64_t i = 0; i < g.KH; ++i) {
+            const int64_t ih = oh * g.sh - g.pt + i * g.dh;
+            if (ih < 0 || ih >= g.H) continue;
+            for (int64_t j = 0; j < g.KW; ++j) {
+              const int64_t iw = ow * g.sw - g.pl + j * g.dw;
+              if (iw >= 0 && iw < g.W) acc += static_cast<T>(w[oc][0][i][j]) * static_cast<T>(x[n][c][ih][iw]);
+            }
+          }
+          y[n][oc][oh][ow] = static_cast<scalar_t>(apply_activation(acc, act));
+        }
+    }
+  });
+}
+
+// grad_input[n, c, ih, iw]: the outputs that read (ih, iw) through tap (i, j)
+template <typename scalar_t>
+void dw_grad_input_taps_inside(const ConvGeometry& g, const at::Tensor& grad, const at::Tensor& weight,
+                               at::Tensor& grad_input) {
+  using T = at::opmath_type<scalar_t>;
+  const auto go = grad.accessor<const scalar_t, 4>();
+  const auto w = weight.accessor<const scalar_t, 4>();
+  auto gi = grad_input.accessor<scalar_t, 4>();
+  at::parallel_for(0, g.N * g.C, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n = task / g.C, c = task % g.C;
+      for (int64_t ih = 0; ih < g.H; ++ih)
+        for (int64_t iw = 0; iw < g.W; ++iw) {
+          T acc = T(0);
+          for (int64_t oc = c * g.m; oc < (c + 1) * g.m; ++oc)
+            for (int64_t i = 0; i < g.KH; ++i) {
+              const int64_t oh = conv_source_output(ih, i, g.pt, g.sh, g.dh, g.OH);
+              if (oh < 0) continue;
+              for (int64_t j = 0; j < g.KW; ++j) {
+                const int64_t ow = conv_source_output(iw, j, g.pl, g.sw, g.dw, g.OW);
+                if (ow >= 0) acc += static_cast<T>(w[oc][0][i][j]) * static_cast<T>(go[n][oc][oh][ow]);
+              }
+            }
+          gi[n][c][ih][iw] = static_cast<scalar_t>(acc);
+        }
+    }
+  });
+}
+
 // ---------------------------------------------------------------- depthwise entry points
 
 // NCHW planes of fewer than 10 columns (MobileNet's 7x7 stage) pay more for the
@@ -370,8 +446,11 @@ at::Tensor depthwise_conv2d_cpu(const at::Tensor& input, const at::Tensor& weigh
   if (output.numel() == 0) return output;
   const auto w = weight.contiguous();
   const auto b = bias.has_value() ? std::optional<at::Tensor>(bias->contiguous()) : std::nullopt;
+  const bool finite = all_finite(w);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "depthwise_conv2d_cpu", [&] {
-    if (cl) {
+    if (!finite) {
+      dw_forward_taps_inside<scalar_t>(g, input, w, b, activation, output);
+    } else if (cl) {
       const auto in = g.m == 1 ? input.contiguous(at::MemoryFormat::ChannelsLast) : repeat_channels(input, g.m);
       dw_forward_cl<scalar_t>(g.m == 1 ? g : expanded(g), in, w, b, activation, output);
     } else if (small_planes(g)) {
@@ -406,6 +485,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> depthwise_conv2d_backward_cpu(
     return {gi, gw, gb};
   }
   const auto w = weight.contiguous();
+  if (output_mask[0] && !all_finite(w)) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "depthwise_conv2d_backward_cpu", [&] {
+      dw_grad_input_taps_inside<scalar_t>(g, go, w, gi);
+    });
+    output_mask[0] = false;
+    if (!output_mask[1]) return {gi, gw, gb};
+  }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "depthwise_conv2d_backward_cpu", [&] {
     if (cl && g.m > 1) {
       const auto in = repeat_channels(input, g.m);

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from conftest import DEVICES, HAS_CUDA
 from hypothesis import given
 from hypothesis import strategies as st
+from reference import conv as ref_conv
 
 from visionops import nn as vnn
 from visionops import ops
@@ -449,6 +450,34 @@ def test_padding_only_input_gives_bias():
     out = ops.conv2d(x, w.view(1, 2, 3, 3), b[:1], 1, (1, 2))
     torch.testing.assert_close(out, b[:1].view(1, 1, 1, 1).expand(1, 1, 3, 2), rtol=0, atol=0)
 
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("k,stride,padding,multiplier", [(1, 2, 0, 1), (3, 2, 1, 1), (3, 1, 1, 2), (5, 1, 2, 1),
+                                                          (3, 3, 0, 1), (2, 3, 1, 1), (7, 2, 3, 1)])
+def test_non_finite_weights_skip_the_padding(device, channels_last, k, stride, padding, multiplier):
+    # a diverged training's inf / NaN weights: the zero padding and the outputs
+    # no input pixel feeds contribute nothing (not 0 * inf = NaN), so NaNs stay
+    # where a non-finite weight meets real data; float64 oracle (torch's kernels
+    # disagree among themselves here, see tests/reference/conv.py)
+    C = 4
+    x = torch.randn(2, C, 9, 8, device=device, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    w = torch.randn(C * multiplier, 1, k, k, device=device, dtype=torch.float64)
+    w[0, 0, 0, 0] = float("inf")
+    w[1, 0, -1, -1] = float("nan")
+    w[2, 0, k // 2, 0] = -float("inf")
+    xa = x.clone().requires_grad_()
+    out = ops.depthwise_conv2d(xa, w, None, stride, padding)
+    expected = ref_conv.depthwise_forward(x.cpu().numpy(), w.cpu().numpy(), stride, padding)
+    torch.testing.assert_close(out.cpu(), torch.from_numpy(expected), equal_nan=True)
+    go = torch.randn_like(out)
+    (ga,) = torch.autograd.grad(out, xa, go)
+    expected = ref_conv.depthwise_grad_input(go.cpu().numpy(), w.cpu().numpy(), x.shape, stride, padding)
+    torch.testing.assert_close(ga.cpu(), torch.from_numpy(expected), equal_nan=True)
+    assert torch.isnan(ga).any() and not torch.isnan(ga).all()
 
 BAD_INPUTS = [
     # (description, op, kwargs override, exception, message fragment)
