@@ -286,7 +286,7 @@ void bilinear_rows_impl(const at::Tensor& input, at::Tensor& output, const Sourc
       for (int64_t w = 0; w < OW; ++w) {
         const T x = pixel_coordinate<kBorder>(g[2 * w], ax_x);
         const T y = pixel_coordinate<kBorder>(g[2 * w + 1], ax_y);
-        const T fx0 = std::floor(x), fy0 = std::floor(y);
+        const T fx0 = floor_bounded(x), fy0 = floor_bounded(y);
         const int64_t xa = static_cast<int64_t>(fx0), ya = static_cast<int64_t>(fy0), xb = xa + 1, yb = ya + 1;
         const T ax = x - fx0, ay = y - fy0;
         const bool m00 = inside(xa, ya, W, H), m01 = inside(xb, ya, W, H), m10 = inside(xa, yb, W, H),
@@ -476,11 +476,13 @@ void input_grad_impl(const at::Tensor& grad, const at::Tensor& grid, at::Tensor&
   });
 }
 
-// Both gradients in one pass (the usual case in training): the taps of a point
-// are computed once for the input scatter and the grid gradient. Tasks and
-// their order are those of input_grad_impl; with several channel blocks per
-// image, each block writes its share of the grid gradient to `partial` and the
-// shares are added in block order: deterministic.
+// Bilinear with zeros / border padding: either gradient or both, through the
+// row kernels of sampling_cpu_kernels.inc (an undefined grad_acc or grad_grid
+// is not computed). Other modes: both gradients in one pass, the taps of a
+// point computed once for the input scatter and the grid gradient; tasks and
+// their order are those of input_grad_impl, and with several channel blocks
+// per image each block writes its share of the grid gradient to `partial`,
+// added in block order. Deterministic either way.
 template <typename scalar_t>
 void both_grads_impl(const at::Tensor& grad, const at::Tensor& input, const at::Tensor& grid, at::Tensor& grad_acc,
                      at::Tensor& grad_grid, Interp interp_, Padding padding_, bool align_corners) {
