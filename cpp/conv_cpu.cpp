@@ -376,10 +376,11 @@ template <typename scalar_t>
 void dw_forward_taps_inside(const ConvGeometry& g, const at::Tensor& input, const at::Tensor& weight,
                             const std::optional<at::Tensor>& bias, int64_t act, at::Tensor& output) {
   using T = at::opmath_type<scalar_t>;
-  const auto x = input.accessor<const scalar_t, 4>();
-  const auto w = weight.accessor<const scalar_t, 4>();
-  auto y = output.accessor<scalar_t, 4>();
+  const scalar_t* x = input.const_data_ptr<scalar_t>();
+  const scalar_t* w = weight.const_data_ptr<scalar_t>();  // contiguous [OC, 1, KH, KW]
+  scalar_t* y = output.mutable_data_ptr<scalar_t>();
   const scalar_t* b = bias ? bias->const_data_ptr<scalar_t>() : nullptr;
+  const auto xs = input.strides(), ys = output.strides();
   at::parallel_for(0, g.N * g.OC, 1, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n = task / g.OC, oc = task % g.OC, c = oc / g.m;
@@ -391,10 +392,12 @@ void dw_forward_taps_inside(const ConvGeometry& g, const at::Tensor& input, cons
             if (ih < 0 || ih >= g.H) continue;
             for (int64_t j = 0; j < g.KW; ++j) {
               const int64_t iw = ow * g.sw - g.pl + j * g.dw;
-              if (iw >= 0 && iw < g.W) acc += static_cast<T>(w[oc][0][i][j]) * static_cast<T>(x[n][c][ih][iw]);
+              if (iw >= 0 && iw < g.W)
+                acc += static_cast<T>(w[(oc * g.KH + i) * g.KW + j]) *
+                       static_cast<T>(x[n * xs[0] + c * xs[1] + ih * xs[2] + iw * xs[3]]);
             }
           }
-          y[n][oc][oh][ow] = static_cast<scalar_t>(apply_activation(acc, act));
+          y[n * ys[0] + oc * ys[1] + oh * ys[2] + ow * ys[3]] = static_cast<scalar_t>(apply_activation(acc, act));
         }
     }
   });
@@ -405,9 +408,10 @@ template <typename scalar_t>
 void dw_grad_input_taps_inside(const ConvGeometry& g, const at::Tensor& grad, const at::Tensor& weight,
                                at::Tensor& grad_input) {
   using T = at::opmath_type<scalar_t>;
-  const auto go = grad.accessor<const scalar_t, 4>();
-  const auto w = weight.accessor<const scalar_t, 4>();
-  auto gi = grad_input.accessor<scalar_t, 4>();
+  const scalar_t* go = grad.const_data_ptr<scalar_t>();
+  const scalar_t* w = weight.const_data_ptr<scalar_t>();  // contiguous [OC, 1, KH, KW]
+  scalar_t* gi = grad_input.mutable_data_ptr<scalar_t>();
+  const auto gs = grad.strides(), is = grad_input.strides();
   at::parallel_for(0, g.N * g.C, 1, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n = task / g.C, c = task % g.C;
@@ -420,10 +424,12 @@ void dw_grad_input_taps_inside(const ConvGeometry& g, const at::Tensor& grad, co
               if (oh < 0) continue;
               for (int64_t j = 0; j < g.KW; ++j) {
                 const int64_t ow = conv_source_output(iw, j, g.pl, g.sw, g.dw, g.OW);
-                if (ow >= 0) acc += static_cast<T>(w[oc][0][i][j]) * static_cast<T>(go[n][oc][oh][ow]);
+                if (ow >= 0)
+                  acc += static_cast<T>(w[(oc * g.KH + i) * g.KW + j]) *
+                         static_cast<T>(go[n * gs[0] + oc * gs[1] + oh * gs[2] + ow * gs[3]]);
               }
             }
-          gi[n][c][ih][iw] = static_cast<scalar_t>(acc);
+          gi[n * is[0] + c * is[1] + ih * is[2] + iw * is[3]] = static_cast<scalar_t>(acc);
         }
     }
   });
