@@ -234,6 +234,9 @@ VISIONOPS_HOST_DEVICE RoiPoolBox<T> make_roi_pool_box(const R* roi, T spatial_sc
 // plane[(h * width + w) * cell_stride]. The first maximum wins (as torchvision);
 // NaN propagates (as torch.max) instead of being skipped. Returns the cell index
 // h * width + w of the result, -1 for an empty window (value then 0).
+// The main pass selects without branches (on random data "v > best" is a coin
+// flip, and the mispredictions cost more than the loads) and only notes NaN;
+// a window with a NaN is scanned again for the first one.
 template <typename T, typename V, typename I>
 VISIONOPS_HOST_DEVICE I window_max(const V* plane, I cell_stride, I width, I h0, I h1, I w0, I w1, T& best) {
   if (h1 <= h0 || w1 <= w0) {
@@ -242,20 +245,29 @@ VISIONOPS_HOST_DEVICE I window_max(const V* plane, I cell_stride, I width, I h0,
   }
   I best_index = h0 * width + w0;
   best = static_cast<T>(plane[best_index * cell_stride]);
-  if (!(best == best)) return best_index;
+  bool nan = false;
+  for (I h = h0; h < h1; ++h) {
+    for (I w = w0; w < w1; ++w) {
+      const I i = h * width + w;
+      const T v = static_cast<T>(plane[i * cell_stride]);
+      // integer mask select: compilers turn the float ternary into a branch
+      const I take = -static_cast<I>(v > best);
+      best_index = (i & take) | (best_index & ~take);
+      best = best < v ? v : best;  // maxss; a NaN is handled below
+      nan |= !(v == v);
+    }
+  }
+  if (!nan) return best_index;
   for (I h = h0; h < h1; ++h) {
     for (I w = w0; w < w1; ++w) {
       const T v = static_cast<T>(plane[(h * width + w) * cell_stride]);
-      if (v > best) {
-        best = v;
-        best_index = h * width + w;
-      } else if (!(v == v)) {
+      if (!(v == v)) {
         best = v;
         return h * width + w;
       }
     }
   }
-  return best_index;
+  return best_index;  // not reached: a NaN was seen
 }
 
 }  // namespace visionops
