@@ -298,13 +298,25 @@ void roi_pool_rotated_forward_impl(const at::Tensor& input, const at::Tensor& ro
         if (q0 < q1) {
           best_cell = t.cell[q0];
           best = static_cast<T>(plane[best_cell * L.px]);
-          // first maximum wins; a NaN (the only v with !(v <= best) other than
-          // v > best) is taken and ends the bin, so NaN propagates as in torch.max
-          for (int64_t q = q0 + 1; q < q1 && best == best; ++q) {
-            const T v = static_cast<T>(plane[t.cell[q] * L.px]);
-            if (!(v <= best)) {
-              best = v;
-              best_cell = t.cell[q];
+          // first maximum wins, selected without branches (as window_max in
+          // roi.h); a NaN propagates as in torch.max: the first one is the result
+          bool nan = false;
+          for (int64_t q = q0 + 1; q < q1; ++q) {
+            const int64_t cell = t.cell[q];
+            const T v = static_cast<T>(plane[cell * L.px]);
+            const int64_t take = -static_cast<int64_t>(v > best);
+            best_cell = (cell & take) | (best_cell & ~take);
+            best = best < v ? v : best;
+            nan |= !(v == v);
+          }
+          if (nan || !(best == best)) {
+            for (int64_t q = q0; q < q1; ++q) {
+              const T v = static_cast<T>(plane[t.cell[q] * L.px]);
+              if (!(v == v)) {
+                best = v;
+                best_cell = t.cell[q];
+                break;
+              }
             }
           }
         }

@@ -167,6 +167,14 @@ def test_roi_pool_propagates_nan():
     x[0, 0, 0, 0] = float("nan")
     out = ops.roi_pool(x, torch.tensor([[0.0, 0.0, 0.0, 3.0, 3.0]]), 2)
     assert math.isnan(out[0, 0, 0, 0].item()) and (out[0, 0].flatten()[1:] == 0).all()
+    # after a larger value in the same bin too; the gradient goes to the NaN's cell
+    x = torch.zeros(1, 1, 4, 4)
+    x[0, 0, 0, 0], x[0, 0, 1, 1] = 9.0, float("nan")
+    x.requires_grad_(True)
+    out = ops.roi_pool(x, torch.tensor([[0.0, 0.0, 0.0, 3.0, 3.0]]), 2)
+    assert math.isnan(out[0, 0, 0, 0].item()) and (out[0, 0].flatten()[1:] == 0).all()
+    out[0, 0, 0, 0].backward()
+    assert x.grad[0, 0, 1, 1] == 1 and x.grad.sum() == 1
 
 
 # ---------------------------------------------------------------- gradients, opcheck, compile

@@ -525,9 +525,12 @@ def test_roi_pool_rotated_rules(device):
     # a RoI entirely off the map has empty bins: 0
     far = torch.tensor([[0, 100.0, 100.0, 4.0, 4.0, 30.0]], device=device)
     assert (ops.roi_pool_rotated(x, far, 2) == 0).all()
-    # NaN propagates
+    # NaN propagates, as the bin's first point or after a larger value
     x[0, 0, 0, 0] = float("nan")
     assert math.isnan(ops.roi_pool_rotated(x, rois, 2)[0, 0, 0, 0].item())
+    x[0, 0, 0, 0], x[0, 0, 1, 1] = 9.0, float("nan")
+    assert math.isnan(ops.roi_pool_rotated(x, rois, 2)[0, 0, 0, 0].item())
+    x[0, 0, 0, 0] = x[0, 0, 1, 1] = -5.0
     # backward routes each gradient to its argmax
     y = torch.zeros(1, 1, 4, 4, device=device)
     y[0, 0, 1, 2] = 5.0
