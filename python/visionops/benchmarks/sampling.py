@@ -2,8 +2,9 @@
 materialises the grid and the B x H x W x K basis exactly like the unfused
 torch pipeline timed here).
 
-* grid_sample: 8 x 3 x 256 x 256 and the STN shape 64 x 1 x 60 x 60, forward and
-  forward + backward, vs ``F.grid_sample``.
+* grid_sample: 8 x 3 x 256 x 256, the STN shape 64 x 1 x 60 x 60 and a tiny
+  1 x 1 x 4 x 4 (the per-call cost), forward and forward + backward, vs
+  ``F.grid_sample``.
 * affine_grid_sample vs ``F.grid_sample(F.affine_grid(...))`` (STN).
 * tps_grid_sample vs the unfused torch pipeline (basis matrix + matmul +
   ``F.grid_sample``): RARE (batch 64, 1 x 64 x 200 -> 1 x 32 x 100, K = 20) and a
@@ -123,6 +124,8 @@ def cases(device: str, quick: bool = False) -> list[Case]:
     for backward in (False, True):
         out.append(_grid_sample_case(device, "8x3x256x256", 8, 3, 256, 256, backward, quick))
         out.append(_grid_sample_case(device, "stn_64x1x60x60", 64, 1, 60, 60, backward, quick))
+        # per-call cost (dispatch + autograd layer + launch), not the kernel
+        out.append(_grid_sample_case(device, "tiny_1x1x4x4", 1, 1, 4, 4, backward, quick))
     for backward in (False, True):
         out.append(_affine_case(device, backward, quick))
     for backward in (False, True):

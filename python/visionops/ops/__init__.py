@@ -38,12 +38,6 @@ from .sampling import (
     tps_grid_sample,
 )
 
-from ._registry import guard_double_backward
-
-# after every family registered its autograd: a backward op left without one
-# (torch's fallback would return a silent zero second derivative) raises instead
-guard_double_backward()
-
 __all__ = [
     "roi_align",
     "roi_pool",

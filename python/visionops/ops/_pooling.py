@@ -1,4 +1,5 @@
-"""Fake kernels, autograd and autocast of the RoI pooling ops, shared by the
+"""Fake kernels and autocast of the RoI pooling ops (their autograd is C++:
+``cpp/roi_autograd.cpp``), shared by the
 axis-aligned (``roi``) and rotated (``rotated``) families: both pairs have the
 same schemas apart from the width of a RoI row (5 or 6 values)."""
 
@@ -7,11 +8,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._registry import memory_format_of, register_float32_autocast, register_no_double_backward
+from ._registry import memory_format_of, register_float32_autocast
 
 
 def register_pooling_ops(align: str, pool: str, roi_columns: int) -> None:
-    """Registers everything but the kernels for ``visionops::<align>`` (bilinear
+    """Registers the fake kernels and autocast rules for ``visionops::<align>`` (bilinear
     average, backward ``_<align>_backward``) and ``visionops::<pool>`` (max,
     returns ``(output, argmax)``, backward ``_<pool>_backward``)."""
 
@@ -57,42 +58,5 @@ def register_pooling_ops(align: str, pool: str, roi_columns: int) -> None:
     ):
         return grad_input_like(grad, argmax, batch_size, channels, height, width)
 
-    align_backward = getattr(torch.ops.visionops, f"_{align}_backward")
-    pool_backward = getattr(torch.ops.visionops, f"_{pool}_backward")
-
-    def align_setup_context(ctx, inputs, output):
-        input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned = inputs
-        ctx.save_for_backward(rois)
-        ctx.input_shape = input.shape
-        ctx.params = (spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned)
-
-    def align_grad(ctx, grad):
-        (rois,) = ctx.saved_tensors
-        spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned = ctx.params
-        n, c, h, w = ctx.input_shape
-        grad_input = align_backward(
-            grad, rois, spatial_scale, pooled_height, pooled_width, n, c, h, w, sampling_ratio, aligned
-        )
-        return grad_input, None, None, None, None, None, None
-
-    def pool_setup_context(ctx, inputs, output):
-        input, rois, spatial_scale, pooled_height, pooled_width = inputs
-        _, argmax = output
-        ctx.mark_non_differentiable(argmax)
-        ctx.save_for_backward(rois, argmax)
-        ctx.input_shape = input.shape
-        ctx.params = (spatial_scale, pooled_height, pooled_width)
-
-    def pool_grad(ctx, grad, _grad_argmax):
-        rois, argmax = ctx.saved_tensors
-        spatial_scale, pooled_height, pooled_width = ctx.params
-        n, c, h, w = ctx.input_shape
-        grad_input = pool_backward(grad, rois, argmax, spatial_scale, pooled_height, pooled_width, n, c, h, w)
-        return grad_input, None, None, None, None
-
-    torch.library.register_autograd(f"visionops::{align}", align_grad, setup_context=align_setup_context)
-    torch.library.register_autograd(f"visionops::{pool}", pool_grad, setup_context=pool_setup_context)
-    register_no_double_backward(f"_{align}_backward", align)
-    register_no_double_backward(f"_{pool}_backward", pool)
     register_float32_autocast(align)
     register_float32_autocast(pool)

@@ -64,38 +64,3 @@ def is_channels_last(t: Tensor) -> bool:
 
 def memory_format_of(t: Tensor) -> torch.memory_format:
     return torch.channels_last if is_channels_last(t) else torch.contiguous_format
-
-
-def register_no_double_backward(backward_op: str, forward_ops: str) -> None:
-    """Makes differentiating through ``visionops::<backward_op>`` (double
-    backward, e.g. a gradient penalty on ``forward_ops``) raise a clear error.
-
-    Without an autograd kernel, torch's fallback would only warn and return a
-    zero second derivative: silently wrong. First-order use with
-    ``create_graph=True`` is unaffected; the error comes when the gradient of
-    the gradient is taken.
-    """
-    message = (
-        f"visionops: double backward (a gradient of the gradient) of {forward_ops} is not supported: "
-        f"visionops::{backward_op} has no derivative"
-    )
-
-    def setup_context(ctx, inputs, output):
-        pass
-
-    def backward(ctx, *grads):
-        raise RuntimeError(message)
-
-    torch.library.register_autograd(f"visionops::{backward_op}", backward, setup_context=setup_context)
-
-
-def guard_double_backward() -> None:
-    """``register_no_double_backward`` for every ``visionops::_*_backward`` op
-    that has no autograd kernel yet (a family that forgot it, or a new one):
-    named after the forward op its name implies."""
-    for name in torch._C._dispatch_get_all_op_names():
-        namespace, _, op = name.partition("::")
-        if namespace != "visionops" or not (op.startswith("_") and op.endswith("_backward")):
-            continue
-        if not torch._C._dispatch_has_kernel_for_dispatch_key(name, "Autograd"):
-            register_no_double_backward(op, op[1 : -len("_backward")])

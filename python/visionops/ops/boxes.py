@@ -26,7 +26,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ._registry import check_tensor, register_float32_autocast, register_no_double_backward
+from ._registry import check_tensor, register_float32_autocast
 
 __all__ = ["box_iou", "nms", "batched_nms", "nms_fixed"]
 
@@ -197,20 +197,7 @@ def _nms_fixed_fake(boxes, scores, idxs, iou_threshold, max_output_size):
     return boxes.new_empty((max_output_size,), dtype=torch.int64), boxes.new_empty((), dtype=torch.int64)
 
 
-# ---------------------------------------------------------------- autograd
-
-
-def _box_iou_setup_context(ctx, inputs, output):
-    ctx.save_for_backward(*inputs)
-
-
-def _box_iou_backward(ctx, grad):
-    boxes1, boxes2 = ctx.saved_tensors
-    return torch.ops.visionops._box_iou_backward(grad, boxes1, boxes2)
-
-
-torch.library.register_autograd("visionops::box_iou", _box_iou_backward, setup_context=_box_iou_setup_context)
-register_no_double_backward("_box_iou_backward", "box_iou")
+# Autograd of box_iou: cpp/boxes_autograd.cpp.
 
 # ---------------------------------------------------------------- autocast
 # Boxes are never rounded to 16 bits by autocast: the ops run in float32 and

@@ -216,44 +216,7 @@ def _conv2d_backward_fake(grad, input, weight, stride, padding, dilation, groups
     return _grads_like(grad, input, weight, output_mask)
 
 
-# ---------------------------------------------------------------- autograd
-
-
-def _depthwise_setup(ctx, inputs, output):
-    input, weight, bias, stride, padding, dilation, activation = inputs
-    ctx.save_for_backward(input, weight, output if activation else None)
-    ctx.params = (stride, padding, dilation, activation)
-    ctx.has_bias = bias is not None
-
-
-def _depthwise_grad(ctx, grad):
-    input, weight, output = ctx.saved_tensors
-    stride, padding, dilation, activation = ctx.params
-    mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]]
-    gi, gw, gb = torch.ops.visionops._depthwise_conv2d_backward(
-        grad, input, weight, output, stride, padding, dilation, activation, mask
-    )
-    return (gi if mask[0] else None, gw if mask[1] else None, gb if mask[2] else None, None, None, None, None)
-
-
-def _conv2d_setup(ctx, inputs, output):
-    input, weight, bias, stride, padding, dilation, groups = inputs
-    ctx.save_for_backward(input, weight)
-    ctx.params = (stride, padding, dilation, groups)
-    ctx.has_bias = bias is not None
-
-
-def _conv2d_grad(ctx, grad):
-    input, weight = ctx.saved_tensors
-    stride, padding, dilation, groups = ctx.params
-    mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]]
-    gi, gw, gb = torch.ops.visionops._conv2d_backward(grad, input, weight, stride, padding, dilation, groups, mask)
-    return (gi if mask[0] else None, gw if mask[1] else None, gb if mask[2] else None, None, None, None, None)
-
-
-torch.library.register_autograd("visionops::depthwise_conv2d", _depthwise_grad, setup_context=_depthwise_setup)
-torch.library.register_autograd("visionops::conv2d", _conv2d_grad, setup_context=_conv2d_setup)
-
+# Autograd: cpp/conv_autograd.cpp.
 
 # ---------------------------------------------------------------- autocast
 

@@ -13,7 +13,7 @@ from typing import Sequence, Union
 import torch
 from torch import Tensor
 
-from ._registry import _lib, check_tensor, register_no_double_backward
+from ._registry import _lib, check_tensor
 
 __all__ = ["ctc_loss", "ctc_greedy_decode", "ctc_beam_search_decode"]
 
@@ -277,28 +277,7 @@ def _ctc_beam_search_fake(log_probs, input_lengths, beam_width, blank):
     return labels, log_probs.new_empty((n,), dtype=torch.long), log_probs.new_empty((n,), dtype=acc)
 
 
-# ---------------------------------------------------------------- autograd
-
-
-def _ctc_setup_context(ctx, inputs, output):
-    log_probs, targets, input_lengths, target_lengths, max_target_length, blank, zero_infinity = inputs
-    _, log_alpha = output
-    ctx.mark_non_differentiable(log_alpha)
-    ctx.save_for_backward(log_probs, targets, input_lengths, target_lengths, log_alpha)
-    ctx.params = (blank, zero_infinity)
-
-
-def _ctc_backward(ctx, grad, _grad_log_alpha):
-    log_probs, targets, input_lengths, target_lengths, log_alpha = ctx.saved_tensors
-    blank, zero_infinity = ctx.params
-    grad_log_probs = torch.ops.visionops._ctc_loss_backward(
-        grad, log_probs, targets, input_lengths, target_lengths, log_alpha, blank, zero_infinity
-    )
-    return grad_log_probs, None, None, None, None, None, None
-
-
-torch.library.register_autograd("visionops::ctc_loss", _ctc_backward, setup_context=_ctc_setup_context)
-register_no_double_backward("_ctc_loss_backward", "ctc_loss")
+# Autograd: cpp/ctc_autograd.cpp.
 
 # ---------------------------------------------------------------- autocast
 

@@ -24,7 +24,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from ._registry import check_tensor, memory_format_of, pair, register_float32_autocast, register_no_double_backward
+from ._registry import check_tensor, memory_format_of, pair, register_float32_autocast
 
 __all__ = [
     "grid_sample",
@@ -100,13 +100,12 @@ def _base_coordinates(size: int, align_corners: bool, dtype: torch.dtype, device
     return v if align_corners else v * ((size - 1) / size)
 
 
-def _base_grid(height: int, width: int, align_corners: bool, dtype, device, order: str = "xy1") -> Tensor:
-    """``[H * W, 3]`` rows ``(x_t, y_t, 1)`` (order ``"xy1"``) or ``(1, x_t, y_t)`` (``"1xy"``)."""
+def _base_grid(height: int, width: int, align_corners: bool, dtype, device) -> Tensor:
+    """``[H * W, 3]`` rows ``(x_t, y_t, 1)`` (also built in C++ for the backward: cpp/sampling_autograd.cpp)."""
     xs = _base_coordinates(width, align_corners, dtype, device).view(1, width).expand(height, width)
     ys = _base_coordinates(height, align_corners, dtype, device).view(height, 1).expand(height, width)
     ones = torch.ones(height, width, dtype=dtype, device=device)
-    cols = (xs, ys, ones) if order == "xy1" else (ones, xs, ys)
-    return torch.stack(cols, dim=-1).reshape(height * width, 3)
+    return torch.stack((xs, ys, ones), dim=-1).reshape(height * width, 3)
 
 
 def affine_grid(theta: Tensor, size: Sequence[int], align_corners: bool = False) -> Tensor:
@@ -452,98 +451,7 @@ def _tps_grid_sample_fake(
     return _image_fake(input, height, width)
 
 
-# ---------------------------------------------------------------- autograd
-
-
-def _grid_sample_setup_context(ctx, inputs, output):
-    input, grid, interpolation_mode, padding_mode, align_corners = inputs
-    ctx.save_for_backward(input, grid)
-    ctx.params = (interpolation_mode, padding_mode, align_corners)
-
-
-def _grid_sample_bwd(ctx, grad):
-    input, grid = ctx.saved_tensors
-    mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1]]
-    grad_input, grad_grid = torch.ops.visionops._grid_sample_backward(grad, input, grid, *ctx.params, mask)
-    return (grad_input if mask[0] else None), (grad_grid if mask[1] else None), None, None, None
-
-
-torch.library.register_autograd("visionops::grid_sample", _grid_sample_bwd, setup_context=_grid_sample_setup_context)
-
-
-def _affine_setup_context(ctx, inputs, output):
-    input, theta, height, width, interpolation_mode, padding_mode, align_corners = inputs
-    ctx.save_for_backward(input, theta)
-    ctx.size = (height, width)
-    ctx.params = (interpolation_mode, padding_mode, align_corners)
-
-
-def _affine_bwd(ctx, grad):
-    input, theta = ctx.saved_tensors
-    height, width = ctx.size
-    align_corners = ctx.params[2]
-    mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1]]
-    grid = affine_grid(theta, (theta.size(0), 1, height, width), align_corners)
-    grad_input, grad_grid = torch.ops.visionops._grid_sample_backward(grad, input, grid, *ctx.params, mask)
-    grad_theta = None
-    if mask[1]:
-        base = _base_grid(height, width, align_corners, theta.dtype, theta.device)  # [P, 3]
-        grad_theta = torch.matmul(grad_grid.reshape(theta.size(0), height * width, 2).transpose(1, 2), base)  # -1 fails for N = 0
-    return (grad_input if mask[0] else None), grad_theta, None, None, None, None, None
-
-
-torch.library.register_autograd("visionops::affine_grid_sample", _affine_bwd, setup_context=_affine_setup_context)
-
-
-def _tps_params_grad(grad_grid, kernel_weights, affine_weights, target_points, align_corners):
-    b, h, w, _ = grad_grid.shape
-    grad_kw, grad_tp = torch.ops.visionops._tps_grid_backward(grad_grid, kernel_weights, target_points, align_corners)
-    base = _base_grid(h, w, align_corners, affine_weights.dtype, affine_weights.device, order="1xy")  # [P, 3]
-    grad_aw = torch.matmul(base.t(), grad_grid.reshape(b, h * w, 2))
-    return grad_kw, grad_aw, grad_tp
-
-
-def _tps_grid_setup_context(ctx, inputs, output):
-    kernel_weights, affine_weights, target_points, height, width, align_corners = inputs
-    ctx.save_for_backward(kernel_weights, affine_weights, target_points)
-    ctx.align_corners = align_corners
-
-
-def _tps_grid_bwd(ctx, grad_grid):
-    kernel_weights, affine_weights, target_points = ctx.saved_tensors
-    grad_kw, grad_aw, grad_tp = _tps_params_grad(
-        grad_grid.contiguous(), kernel_weights, affine_weights, target_points, ctx.align_corners
-    )
-    return grad_kw, grad_aw, grad_tp, None, None, None
-
-
-torch.library.register_autograd("visionops::tps_grid", _tps_grid_bwd, setup_context=_tps_grid_setup_context)
-
-
-def _tps_sample_setup_context(ctx, inputs, output):
-    input, kernel_weights, affine_weights, target_points, height, width, interpolation_mode, padding_mode, align = inputs
-    ctx.save_for_backward(input, kernel_weights, affine_weights, target_points)
-    ctx.size = (height, width)
-    ctx.params = (interpolation_mode, padding_mode, align)
-
-
-def _tps_sample_bwd(ctx, grad):
-    input, kernel_weights, affine_weights, target_points = ctx.saved_tensors
-    height, width = ctx.size
-    align_corners = ctx.params[2]
-    need_params = any(ctx.needs_input_grad[1:4])
-    mask = [ctx.needs_input_grad[0], need_params]
-    grid = torch.ops.visionops.tps_grid(kernel_weights, affine_weights, target_points, height, width, align_corners)
-    grad_input, grad_grid = torch.ops.visionops._grid_sample_backward(grad, input, grid, *ctx.params, mask)
-    grad_kw = grad_aw = grad_tp = None
-    if need_params:
-        grad_kw, grad_aw, grad_tp = _tps_params_grad(grad_grid, kernel_weights, affine_weights, target_points, align_corners)
-    return (grad_input if mask[0] else None), grad_kw, grad_aw, grad_tp, None, None, None, None, None
-
-
-torch.library.register_autograd("visionops::tps_grid_sample", _tps_sample_bwd, setup_context=_tps_sample_setup_context)
-register_no_double_backward("_grid_sample_backward", "grid_sample / affine_grid_sample / tps_grid_sample")
-register_no_double_backward("_tps_grid_backward", "tps_grid / tps_grid_sample")
+# Autograd: cpp/sampling_autograd.cpp.
 
 # ---------------------------------------------------------------- autocast
 

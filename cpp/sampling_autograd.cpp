@@ -1,0 +1,268 @@
+// Autograd of the sampling ops. All of them share one backward op,
+// _grid_sample_backward, given the grid: grid_sample has it; the fused affine
+// and TPS warps rebuild it once in the backward (their forward never
+// materialises it) and chain its gradient to theta or to the TPS parameters.
+#include "visionops/autograd.h"
+
+#include <ATen/ATen.h>
+
+namespace visionops {
+namespace {
+
+using GridSampleSignature = at::Tensor(const at::Tensor&, const at::Tensor&, int64_t, int64_t, bool);
+using GridSampleBackwardSignature = std::tuple<at::Tensor, at::Tensor>(
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, int64_t, bool, std::array<bool, 2>);
+using AffineSignature = at::Tensor(const at::Tensor&, const at::Tensor&, c10::SymInt, c10::SymInt, int64_t, int64_t,
+                                   bool);
+using TpsGridSignature = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, c10::SymInt, c10::SymInt,
+                                    bool);
+using TpsGridBackwardSignature = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
+                                                                     const at::Tensor&, bool);
+using TpsSampleSignature = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                      c10::SymInt, c10::SymInt, int64_t, int64_t, bool);
+
+const c10::TypedOperatorHandle<GridSampleBackwardSignature>& grid_sample_backward_op() {
+  static const auto op = find_op<GridSampleBackwardSignature>("_grid_sample_backward");
+  return op;
+}
+
+// The normalised output-pixel coordinates along one axis, as F.affine_grid:
+// linspace(-1, 1), shrunk to the pixel centres unless align_corners; 0 for size 1.
+at::Tensor base_coordinates(int64_t size, bool align_corners, const at::TensorOptions& options) {
+  if (size <= 1) return at::zeros({size}, options);
+  auto v = at::linspace(-1, 1, size, options);
+  return align_corners ? v : v * (static_cast<double>(size - 1) / static_cast<double>(size));
+}
+
+// [H * W, 3] rows (x_t, y_t, 1) (affine: theta @ row) or (1, x_t, y_t) (TPS affine part).
+at::Tensor base_grid(const c10::SymInt& height, const c10::SymInt& width, bool align_corners, bool ones_first,
+                     const at::TensorOptions& options) {
+  const int64_t h = height.guard_int(__FILE__, __LINE__);
+  const int64_t w = width.guard_int(__FILE__, __LINE__);
+  auto xs = base_coordinates(w, align_corners, options).view({1, w}).expand({h, w});
+  auto ys = base_coordinates(h, align_corners, options).view({h, 1}).expand({h, w});
+  auto ones = at::ones({h, w}, options);
+  auto columns = ones_first ? std::vector<at::Tensor>{ones, xs, ys} : std::vector<at::Tensor>{xs, ys, ones};
+  return at::stack(columns, -1).reshape({h * w, 3});
+}
+
+void save_sampling_params(AutogradContext* ctx, int64_t interpolation_mode, int64_t padding_mode, bool align_corners) {
+  ctx->saved_data["interpolation_mode"] = interpolation_mode;
+  ctx->saved_data["padding_mode"] = padding_mode;
+  ctx->saved_data["align_corners"] = align_corners;
+}
+
+std::tuple<at::Tensor, at::Tensor> sample_backward(AutogradContext* ctx, const at::Tensor& grad, const at::Tensor& input,
+                                                   const at::Tensor& grid, std::array<bool, 2> mask) {
+  return call_backward_op(grid_sample_backward_op(), grad, input, grid, ctx->saved_data["interpolation_mode"].toInt(),
+                          ctx->saved_data["padding_mode"].toInt(), ctx->saved_data["align_corners"].toBool(), mask);
+}
+
+struct GridSampleFunction : torch::autograd::Function<GridSampleFunction> {
+  static const c10::TypedOperatorHandle<GridSampleSignature>& forward_op() {
+    static const auto op = find_op<GridSampleSignature>("grid_sample");
+    return op;
+  }
+
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& grid,
+                            int64_t interpolation_mode, int64_t padding_mode, bool align_corners) {
+    ctx->set_materialize_grads(false);
+    ctx->save_for_backward({input, grid});
+    save_sampling_params(ctx, interpolation_mode, padding_mode, align_corners);
+    return call_below_autograd(forward_op(), input, grid, interpolation_mode, padding_mode, align_corners);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto result = no_grads(5);
+    if (!grads[0].defined()) return result;
+    const auto saved = ctx->get_saved_variables();
+    const std::array<bool, 2> mask{ctx->needs_input_grad(0), ctx->needs_input_grad(1)};
+    auto [grad_input, grad_grid] = sample_backward(ctx, grads[0], saved[0], saved[1], mask);
+    if (mask[0]) result[0] = grad_input;
+    if (mask[1]) result[1] = grad_grid;
+    return result;
+  }
+};
+
+struct AffineGridSampleFunction : torch::autograd::Function<AffineGridSampleFunction> {
+  static const c10::TypedOperatorHandle<AffineSignature>& forward_op() {
+    static const auto op = find_op<AffineSignature>("affine_grid_sample");
+    return op;
+  }
+
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& theta, c10::SymInt height,
+                            c10::SymInt width, int64_t interpolation_mode, int64_t padding_mode, bool align_corners) {
+    ctx->set_materialize_grads(false);
+    ctx->save_for_backward({input, theta});
+    ctx->saved_data["height"] = height;
+    ctx->saved_data["width"] = width;
+    save_sampling_params(ctx, interpolation_mode, padding_mode, align_corners);
+    return call_below_autograd(forward_op(), input, theta, std::move(height), std::move(width), interpolation_mode,
+                               padding_mode, align_corners);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto result = no_grads(7);
+    if (!grads[0].defined()) return result;
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor& theta = saved[1];
+    const auto height = ctx->saved_data["height"].toSymInt();
+    const auto width = ctx->saved_data["width"].toSymInt();
+    const auto batch = theta.sym_size(0);
+    const bool align_corners = ctx->saved_data["align_corners"].toBool();
+    const std::array<bool, 2> mask{ctx->needs_input_grad(0), ctx->needs_input_grad(1)};
+    const auto base = base_grid(height, width, align_corners, /*ones_first=*/false, theta.options());  // [P, 3]
+    const auto grid = at::matmul(base, theta.transpose(1, 2)).view_symint({batch, height, width, 2});
+    auto [grad_input, grad_grid] = sample_backward(ctx, grads[0], saved[0], grid, mask);
+    if (mask[0]) result[0] = grad_input;
+    if (mask[1]) {
+      // d loss / d theta[n, i, j] = sum over output points p of grad_grid[n, p, i] * base[p, j]
+      result[1] = at::matmul(grad_grid.reshape_symint({batch, height * width, 2}).transpose(1, 2), base);
+    }
+    return result;
+  }
+};
+
+// Gradients of the TPS parameters (kernel weights, affine weights, control
+// points) from the gradient of the TPS grid [B, H, W, 2].
+std::tuple<at::Tensor, at::Tensor, at::Tensor> tps_params_grad(const at::Tensor& grad_grid,
+                                                               const at::Tensor& kernel_weights,
+                                                               const at::Tensor& affine_weights,
+                                                               const at::Tensor& target_points, bool align_corners) {
+  static const auto backward_op = find_op<TpsGridBackwardSignature>("_tps_grid_backward");
+  auto [grad_kernel, grad_points] =
+      call_backward_op(backward_op, grad_grid, kernel_weights, target_points, align_corners);
+  const auto batch = grad_grid.sym_size(0);
+  const auto height = grad_grid.sym_size(1);
+  const auto width = grad_grid.sym_size(2);
+  const auto base = base_grid(height, width, align_corners, /*ones_first=*/true, affine_weights.options());  // [P, 3]
+  auto grad_affine = at::matmul(base.t(), grad_grid.reshape_symint({batch, height * width, 2}));
+  return {grad_kernel, grad_affine, grad_points};
+}
+
+struct TpsGridFunction : torch::autograd::Function<TpsGridFunction> {
+  static const c10::TypedOperatorHandle<TpsGridSignature>& forward_op() {
+    static const auto op = find_op<TpsGridSignature>("tps_grid");
+    return op;
+  }
+
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& kernel_weights, const at::Tensor& affine_weights,
+                            const at::Tensor& target_points, c10::SymInt height, c10::SymInt width,
+                            bool align_corners) {
+    ctx->set_materialize_grads(false);
+    ctx->save_for_backward({kernel_weights, affine_weights, target_points});
+    ctx->saved_data["align_corners"] = align_corners;
+    return call_below_autograd(forward_op(), kernel_weights, affine_weights, target_points, std::move(height),
+                               std::move(width), align_corners);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto result = no_grads(6);
+    if (!grads[0].defined()) return result;
+    const auto saved = ctx->get_saved_variables();
+    auto [grad_kernel, grad_affine, grad_points] =
+        tps_params_grad(grads[0].contiguous(), saved[0], saved[1], saved[2], ctx->saved_data["align_corners"].toBool());
+    result[0] = grad_kernel;
+    result[1] = grad_affine;
+    result[2] = grad_points;
+    return result;
+  }
+};
+
+struct TpsGridSampleFunction : torch::autograd::Function<TpsGridSampleFunction> {
+  static const c10::TypedOperatorHandle<TpsSampleSignature>& forward_op() {
+    static const auto op = find_op<TpsSampleSignature>("tps_grid_sample");
+    return op;
+  }
+
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& kernel_weights,
+                            const at::Tensor& affine_weights, const at::Tensor& target_points, c10::SymInt height,
+                            c10::SymInt width, int64_t interpolation_mode, int64_t padding_mode, bool align_corners) {
+    ctx->set_materialize_grads(false);
+    ctx->save_for_backward({input, kernel_weights, affine_weights, target_points});
+    ctx->saved_data["height"] = height;
+    ctx->saved_data["width"] = width;
+    save_sampling_params(ctx, interpolation_mode, padding_mode, align_corners);
+    return call_below_autograd(forward_op(), input, kernel_weights, affine_weights, target_points, std::move(height),
+                               std::move(width), interpolation_mode, padding_mode, align_corners);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto result = no_grads(9);
+    if (!grads[0].defined()) return result;
+    const auto saved = ctx->get_saved_variables();
+    const bool align_corners = ctx->saved_data["align_corners"].toBool();
+    const bool need_params = ctx->needs_input_grad(1) || ctx->needs_input_grad(2) || ctx->needs_input_grad(3);
+    const std::array<bool, 2> mask{ctx->needs_input_grad(0), need_params};
+    // the grid is a function of the parameters: rebuilt without recording a graph
+    const auto grid = call_below_autograd(TpsGridFunction::forward_op(), saved[1], saved[2], saved[3], ctx->saved_data["height"].toSymInt(),
+                                          ctx->saved_data["width"].toSymInt(), align_corners);
+    auto [grad_input, grad_grid] = sample_backward(ctx, grads[0], saved[0], grid, mask);
+    if (mask[0]) result[0] = grad_input;
+    if (need_params) {
+      auto [grad_kernel, grad_affine, grad_points] =
+          tps_params_grad(grad_grid, saved[1], saved[2], saved[3], align_corners);
+      result[1] = grad_kernel;
+      result[2] = grad_affine;
+      result[3] = grad_points;
+    }
+    return result;
+  }
+};
+
+at::Tensor grid_sample_autograd(const at::Tensor& input, const at::Tensor& grid, int64_t interpolation_mode,
+                                int64_t padding_mode, bool align_corners) {
+  if (!records_graph(input, grid)) {
+    return call_below_autograd(GridSampleFunction::forward_op(), input, grid, interpolation_mode, padding_mode,
+                               align_corners);
+  }
+  return GridSampleFunction::apply(input, grid, interpolation_mode, padding_mode, align_corners);
+}
+
+at::Tensor affine_grid_sample_autograd(const at::Tensor& input, const at::Tensor& theta, c10::SymInt height,
+                                       c10::SymInt width, int64_t interpolation_mode, int64_t padding_mode,
+                                       bool align_corners) {
+  if (!records_graph(input, theta)) {
+    return call_below_autograd(AffineGridSampleFunction::forward_op(), input, theta, std::move(height), std::move(width),
+                               interpolation_mode, padding_mode, align_corners);
+  }
+  return AffineGridSampleFunction::apply(input, theta, std::move(height), std::move(width), interpolation_mode,
+                                         padding_mode, align_corners);
+}
+
+at::Tensor tps_grid_autograd(const at::Tensor& kernel_weights, const at::Tensor& affine_weights,
+                             const at::Tensor& target_points, c10::SymInt height, c10::SymInt width,
+                             bool align_corners) {
+  if (!records_graph(kernel_weights, affine_weights, target_points)) {
+    return call_below_autograd(TpsGridFunction::forward_op(), kernel_weights, affine_weights, target_points,
+                               std::move(height), std::move(width), align_corners);
+  }
+  return TpsGridFunction::apply(kernel_weights, affine_weights, target_points, std::move(height), std::move(width),
+                                align_corners);
+}
+
+at::Tensor tps_grid_sample_autograd(const at::Tensor& input, const at::Tensor& kernel_weights,
+                                    const at::Tensor& affine_weights, const at::Tensor& target_points,
+                                    c10::SymInt height, c10::SymInt width, int64_t interpolation_mode,
+                                    int64_t padding_mode, bool align_corners) {
+  if (!records_graph(input, kernel_weights, affine_weights, target_points)) {
+    return call_below_autograd(TpsGridSampleFunction::forward_op(), input, kernel_weights, affine_weights,
+                               target_points, std::move(height), std::move(width), interpolation_mode, padding_mode,
+                               align_corners);
+  }
+  return TpsGridSampleFunction::apply(input, kernel_weights, affine_weights, target_points, std::move(height),
+                                      std::move(width), interpolation_mode, padding_mode, align_corners);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(visionops, Autograd, m) {
+  m.impl("grid_sample", TORCH_FN(grid_sample_autograd));
+  m.impl("affine_grid_sample", TORCH_FN(affine_grid_sample_autograd));
+  m.impl("tps_grid", TORCH_FN(tps_grid_autograd));
+  m.impl("tps_grid_sample", TORCH_FN(tps_grid_sample_autograd));
+  m.impl("_grid_sample_backward", no_double_backward("grid_sample / affine_grid_sample / tps_grid_sample"));
+  m.impl("_tps_grid_backward", no_double_backward("tps_grid / tps_grid_sample"));
+}
+
+}  // namespace visionops
