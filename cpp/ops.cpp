@@ -1,6 +1,6 @@
 // Every visionops operator schema, in one place. Kernels are registered per
-// device in <family>_cpu.cpp / <family>_cuda.cu; fake (meta) kernels, autograd
-// and autocast rules in python/visionops/ops/<family>.py.
+// device in <family>_cpu.cpp / <family>_cuda.cu, autograd in <family>_autograd.cpp;
+// fake (meta) kernels and autocast rules in python/visionops/ops/<family>.py.
 #include <torch/library.h>
 
 TORCH_LIBRARY(visionops, m) {

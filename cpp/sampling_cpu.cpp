@@ -17,6 +17,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 #include <vector>
 
@@ -169,37 +170,6 @@ void with_modes(Interp interp, Padding padding, F&& f) {
   return pad(std::integral_constant<I, I::Bilinear>{});
 }
 
-// ---------------------------------------------------------------- forward (any source)
-
-template <typename scalar_t, typename Source>
-void sample_forward_impl(const at::Tensor& input, at::Tensor& output, const Source& src, Interp interp_,
-                         Padding padding_, bool align_corners) {
-  with_modes(interp_, padding_, [&](auto ki, auto kp) {
-  constexpr Interp interp = decltype(ki)::value;
-  constexpr Padding padding = decltype(kp)::value;
-  using T = at::opmath_type<scalar_t>;
-  const int64_t C = input.size(1), H = input.size(2), W = input.size(3);
-  const int64_t N = output.size(0), OH = output.size(2), OW = output.size(3);
-  const Strides4 s = strides_of(input), os = strides_of(output);
-  const scalar_t* in = input.const_data_ptr<scalar_t>();
-  scalar_t* out = output.mutable_data_ptr<scalar_t>();
-  // one task per run of output rows: no index division per point
-  at::parallel_for(0, N * OH, std::max<int64_t>(1, 2048 / std::max<int64_t>(OW, 1)), [&](int64_t begin, int64_t end) {
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t n = row / OH, h = row % OH;
-      const scalar_t* in_n = in + n * s.n;
-      scalar_t* out_row = out + n * os.n + h * os.y;
-      for (int64_t w = 0; w < OW; ++w) {
-        T gx, gy;
-        src(n, h, w, gx, gy);
-        sample_point<T, scalar_t>(in_n, s, C, H, W, gx, gy, interp, padding, align_corners, out_row + w * os.x,
-                                  os.c);
-      }
-    }
-  });
-  });
-}
-
 // A row of normalised source coordinates as (x, y) pairs. The affine and TPS
 // warps read the base x coordinate from a table filled once per task
 // (base_coordinate divides); the values are those of the sources' per-point
@@ -234,6 +204,11 @@ const T* source_row(const TPSSource<T, scalar_t>& src, int64_t n, int64_t h, con
   const scalar_t* a = src.affine_weights + n * 6;
   const scalar_t* kw = src.kernel_weights + n * src.K * 2;
   const scalar_t* c = src.target_points + n * src.K * 2;
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    // vectorised over the row's points (same expressions, a polynomial logarithm)
+    VISIONOPS_ISA_KERNEL_WIDE(sampling, tps_points, float)(base_x, yt, src.OW, c, kw, a, src.K, xy);
+    return xy;
+  }
   for (int64_t w = 0; w < src.OW; ++w) {
     const T xt = base_x[w];
     T x = static_cast<T>(a[0]) + static_cast<T>(a[2]) * xt + static_cast<T>(a[4]) * yt;
@@ -248,6 +223,38 @@ const T* source_row(const TPSSource<T, scalar_t>& src, int64_t n, int64_t h, con
     xy[2 * w + 1] = y;
   }
   return xy;
+}
+
+// ---------------------------------------------------------------- forward (any source)
+
+template <typename scalar_t, typename Source>
+void sample_forward_impl(const at::Tensor& input, at::Tensor& output, const Source& src, Interp interp_,
+                         Padding padding_, bool align_corners) {
+  with_modes(interp_, padding_, [&](auto ki, auto kp) {
+  constexpr Interp interp = decltype(ki)::value;
+  constexpr Padding padding = decltype(kp)::value;
+  using T = at::opmath_type<scalar_t>;
+  const int64_t C = input.size(1), H = input.size(2), W = input.size(3);
+  const int64_t N = output.size(0), OH = output.size(2), OW = output.size(3);
+  const Strides4 s = strides_of(input), os = strides_of(output);
+  const scalar_t* in = input.const_data_ptr<scalar_t>();
+  scalar_t* out = output.mutable_data_ptr<scalar_t>();
+  // one task per run of output rows: no index division per point
+  at::parallel_for(0, N * OH, std::max<int64_t>(1, 2048 / std::max<int64_t>(OW, 1)), [&](int64_t begin, int64_t end) {
+    std::vector<T> xy(2 * OW), base_x(OW);
+    for (int64_t w = 0; w < OW; ++w) base_x[w] = base_coordinate<T>(w, OW, align_corners);
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t n = row / OH, h = row % OH;
+      const T* g = source_row(src, n, h, base_x.data(), xy.data());
+      const scalar_t* in_n = in + n * s.n;
+      scalar_t* out_row = out + n * os.n + h * os.y;
+      for (int64_t w = 0; w < OW; ++w) {
+        sample_point<T, scalar_t>(in_n, s, C, H, W, g[2 * w], g[2 * w + 1], interp, padding, align_corners,
+                                  out_row + w * os.x, os.c);
+      }
+    }
+  });
+  });
 }
 
 // Bilinear with zeros / border padding, one output row at a time: the row's
@@ -684,12 +691,13 @@ at::Tensor tps_grid_cpu(const at::Tensor& kernel_weights, const at::Tensor& affi
     const TPSSource<T, scalar_t> src{kw.const_data_ptr<scalar_t>(), aw.const_data_ptr<scalar_t>(),
                                      tp.const_data_ptr<scalar_t>(), kw.size(1), height, width, align_corners};
     scalar_t* out = grid.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, B * height * width, 256, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        T x, y;
-        src(i / (height * width), (i / width) % height, i % width, x, y);
-        out[2 * i] = static_cast<scalar_t>(x);
-        out[2 * i + 1] = static_cast<scalar_t>(y);
+    at::parallel_for(0, B * height, std::max<int64_t>(1, 256 / width), [&](int64_t begin, int64_t end) {
+      std::vector<T> xy(2 * width), base_x(width);
+      for (int64_t w = 0; w < width; ++w) base_x[w] = base_coordinate<T>(w, width, align_corners);
+      for (int64_t row = begin; row < end; ++row) {
+        const T* g = source_row(src, row / height, row % height, base_x.data(), xy.data());
+        scalar_t* out_row = out + row * width * 2;
+        for (int64_t i = 0; i < 2 * width; ++i) out_row[i] = static_cast<scalar_t>(g[i]);
       }
     });
   });
@@ -721,6 +729,32 @@ std::tuple<at::Tensor, at::Tensor> tps_grid_backward_cpu(const at::Tensor& grad_
       const scalar_t* tpp = tp.const_data_ptr<scalar_t>();
       double* gk = grad_kw.mutable_data_ptr<double>();
       double* gt = grad_tp.mutable_data_ptr<double>();
+      if constexpr (std::is_same_v<scalar_t, float>) {
+        // vectorised over the points of each output row (a polynomial logarithm);
+        // the casts only name the types this branch runs with (a non-template
+        // lambda compiles it for every scalar_t)
+        const float* g_f = reinterpret_cast<const float*>(gp);
+        const float* kw_f = reinterpret_cast<const float*>(kwp);
+        const float* tp_f = reinterpret_cast<const float*>(tpp);
+        std::vector<float> base_x(OW);
+        for (int64_t w = 0; w < OW; ++w) base_x[w] = base_coordinate<float>(w, OW, align_corners);
+        const auto point_kernel = VISIONOPS_ISA_KERNEL_WIDE(sampling, tps_control_point_grad, float);
+        at::parallel_for(0, B * K, 1, [&](int64_t begin, int64_t end) {
+          for (int64_t bk = begin; bk < end; ++bk) {
+            const float* gb = g_f + (bk / K) * OH * OW * 2;
+            double sums[4] = {0, 0, 0, 0};
+            for (int64_t h = 0; h < OH; ++h) {
+              point_kernel(base_x.data(), base_coordinate<float>(h, OH, align_corners), OW, gb + h * OW * 2,
+                           tp_f[2 * bk], tp_f[2 * bk + 1], kw_f[2 * bk], kw_f[2 * bk + 1], sums);
+            }
+            gk[2 * bk] = sums[0];
+            gk[2 * bk + 1] = sums[1];
+            gt[2 * bk] = sums[2];
+            gt[2 * bk + 1] = sums[3];
+          }
+        });
+        return;
+      }
       at::parallel_for(0, B * K, 1, [&](int64_t begin, int64_t end) {
         for (int64_t bk = begin; bk < end; ++bk) {
           const int64_t b = bk / K;

@@ -4,8 +4,8 @@ The SIMD kernels of `conv` and `sampling` are compiled for generic x86-64, AVX2
 and AVX-512 and the best one for the CPU runs (cpp/include/visionops/cpu_isa.h).
 The normal test run only reaches the best; ``VISIONOPS_CPU_ISA=generic|avx2``
 (read once per process) caps the choice, so each variant is checked here in a
-subprocess: depthwise convolution and bilinear grid sampling, forward and
-both gradients, on shapes whose rows end in partial vectors.
+subprocess: depthwise convolution, bilinear grid sampling and thin-plate-spline
+grids, forward and gradients, on shapes whose rows end in partial vectors.
 """
 
 from __future__ import annotations
@@ -71,6 +71,49 @@ for (k, s, hw), cl in itertools.product([(3, 1, 19), (3, 2, 23), (5, 1, 17), (5,
     check(f"depthwise grad input {k, s, hw, cl}", gx.double(), rx, 1e-4)
     check(f"depthwise grad weight {k, s, hw, cl}", gw.double(), rw, 1e-3)
 
+# thin-plate splines in float32 (rows vectorised in 64-point blocks, a polynomial
+# logarithm) against float64: widths 1, 64, 65 and 130 cover whole and partial
+# blocks; control point 0 sits on an output pixel (s = 0), point 1 far outside.
+# A float32 TPS sum rounds like its largest terms (weights up to ~15 times a
+# basis up to ~80 here), so each error is bounded by twice that of torch's own
+# float32 pipeline (materialised basis + matmul) on the same inputs, plus 1e-6
+# of the largest value (sums over up to 650 points, in another order than torch's).
+from reference.sampling import tps_grid_torch
+
+
+def check_like_torch(what, ours, torch32, ref):
+    bound = 2 * (torch32.double() - ref).abs().max().item() + 1e-6 * max(1.0, ref.abs().max().item())
+    err = (ours.double() - ref).abs().max().item()
+    if not err <= bound:
+        failures.append(f"{what}: max abs diff {err:.3g} > {bound:.3g}")
+
+
+for (b, k, oh, ow), ac in itertools.product([(2, 20, 5, 130), (1, 7, 3, 64), (2, 4, 4, 1), (1, 12, 2, 65)],
+                                            [False, True]):
+    target = torch.rand(b, k, 2, dtype=torch.float64) * 1.8 - 0.9
+    on_pixel = (-1.0, -1.0) if ac else (-1 + 1 / ow, -1 + 1 / oh)
+    target[:, 0] = torch.tensor(on_pixel, dtype=torch.float64)
+    target[:, 1] = torch.tensor([3.0, -2.5], dtype=torch.float64)
+    kw, aw = ops.tps_fit(target + 0.1 * torch.randn_like(target), target)
+    case = (b, k, oh, ow, ac)
+    p32 = [t.float().requires_grad_() for t in (kw, aw, target)]
+    p64 = [t.clone().requires_grad_() for t in (kw, aw, target)]
+    t32 = [t.float().requires_grad_() for t in (kw, aw, target)]
+    grid32, grid64 = ops.tps_grid(*p32, (oh, ow), ac), ops.tps_grid(*p64, (oh, ow), ac)
+    torch_grid32 = tps_grid_torch(*t32, (oh, ow), ac)
+    check_like_torch(f"tps_grid fwd {case}", grid32, torch_grid32, grid64)
+    go = torch.randn_like(grid64)
+    g32 = torch.autograd.grad(grid32, p32, go.float())
+    g64 = torch.autograd.grad(grid64, p64, go)
+    gt = torch.autograd.grad(torch_grid32, t32, go.float())
+    for name, ours, peer, ref in zip(("kernel_weights", "affine_weights", "target_points"), g32, gt, g64):
+        check_like_torch(f"tps_grid grad {name} {case}", ours, peer, ref)
+    x = torch.randn(b, 2, 9, 11, dtype=torch.float64)
+    for pad in ("zeros", "reflection"):  # the row kernel path and the per-point path
+        out = ops.tps_grid_sample(x.float(), *p32, (oh, ow), "bilinear", pad, ac)
+        peer = F.grid_sample(x.float(), torch_grid32.detach(), "bilinear", pad, ac)
+        check_like_torch(f"tps_grid_sample fwd {pad} {case}", out, peer, F.grid_sample(x, grid64.detach(), "bilinear", pad, ac))
+
 assert not failures, "\n".join(failures)
 print("checked")
 """
@@ -86,6 +129,7 @@ def test_capped_kernel_variant_matches_torch(isa):
     if not _cpu_has(isa):
         pytest.skip(f"this CPU has no {isa}")
     env = dict(os.environ, VISIONOPS_CPU_ISA=isa)
-    result = subprocess.run([sys.executable, "-c", _SCRIPT], env=env, capture_output=True, text=True, timeout=600)
+    script = f"import sys\nsys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})\n" + _SCRIPT
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     assert "checked" in result.stdout
