@@ -513,12 +513,38 @@ void both_grads_impl(const at::Tensor& grad, const at::Tensor& input, const at::
                           static_cast<T>(H - 1), H};
   const int64_t block = channel_block(N, C);
   const int64_t blocks = (C + block - 1) / block;
+  // grad_acc comes uninitialised: NCHW planes are zeroed by the task that owns
+  // them, just before it accumulates into them (still in cache); else here.
+  const bool planes_zeroed_by_task =
+      acc != nullptr && s.c == H * W && s.y == W && s.x == 1 && interp == Interp::Bilinear && padding != Padding::Reflection;
+  if (acc != nullptr && !planes_zeroed_by_task) grad_acc.zero_();
+  const auto zero_planes = [&](int64_t n, int64_t c0, int64_t c1) {
+    if (planes_zeroed_by_task) std::memset(acc + n * s.n + c0 * s.c, 0, sizeof(T) * (c1 - c0) * H * W);
+  };
   if constexpr (interp == Interp::Bilinear && padding != Padding::Reflection) {
-    // Two passes of the row kernels: the grid gradient by output rows (all
-    // channels at once), then the input gradient by (image, channel block)
-    // tasks that own their planes. Apart, each skips the other's work.
     const auto row_kernel =
         VISIONOPS_ISA_KERNEL_WIDE(sampling, bilinear_row_backward, padding == Padding::Border, T, scalar_t);
+    if (gg != nullptr && acc != nullptr && N >= 2 * at::get_num_threads()) {
+      // Enough images for every thread: one pass, a task per image and all its
+      // channels, the taps of each point computed once for both gradients.
+      at::parallel_for(0, N, 1, [&](int64_t b, int64_t e) {
+        std::vector<T> pairs(2 * OW);
+        for (int64_t n = b; n < e; ++n) {
+          zero_planes(n, 0, C);
+          for (int64_t h = 0; h < OH; ++h) {
+            const int64_t row = n * OH + h;
+            row_kernel(in + n * s.n, acc + n * s.n, s.c, s.y, s.x, C, ax_x, ax_y, gr + row * OW * 2, OW,
+                       g + n * gs.n + h * gs.y, gs.c, gs.x, pairs.data());
+            scalar_t* out = gg + row * OW * 2;
+            for (int64_t i = 0; i < 2 * OW; ++i) out[i] = static_cast<scalar_t>(pairs[i]);
+          }
+        }
+      });
+      return;
+    }
+    // Otherwise two passes: the grid gradient by output rows (all channels at
+    // once), then the input gradient by (image, channel block) tasks that own
+    // their planes. Apart, each skips the other's work.
     if (gg != nullptr) {
       at::parallel_for(0, N * OH, std::max<int64_t>(1, 1024 / std::max<int64_t>(OW * C, 1)), [&](int64_t b, int64_t e) {
         std::vector<T> pairs(2 * OW);
@@ -535,6 +561,7 @@ void both_grads_impl(const at::Tensor& grad, const at::Tensor& input, const at::
       at::parallel_for(0, N * blocks, 1, [&](int64_t b, int64_t e) {
         for (int64_t task = b; task < e; ++task) {
           const int64_t n = task / blocks, c0 = (task % blocks) * block, c1 = std::min(C, c0 + block);
+          zero_planes(n, c0, c1);
           for (int64_t h = 0; h < OH; ++h)
             row_kernel(in + n * s.n + c0 * s.c, acc + n * s.n + c0 * s.c, s.c, s.y, s.x, c1 - c0, ax_x, ax_y,
                        gr + (n * OH + h) * OW * 2, OW, g + n * gs.n + h * gs.y + c0 * gs.c, gs.c, gs.x, nullptr);
@@ -643,12 +670,16 @@ std::tuple<at::Tensor, at::Tensor> grid_sample_backward_cpu(const at::Tensor& gr
   if ((output_mask[0] && output_mask[1]) || (row_kernels && (output_mask[0] || output_mask[1]))) {
     const auto acc_type = at::toOpMathType(input.scalar_type());
     at::Tensor acc, grid_out;
-    if (output_mask[0]) acc = at::empty(input.sizes(), input.options().dtype(acc_type), fmt).zero_();
-    if (output_mask[1]) grid_out = at::zeros(grid.sizes(), grid.options());
+    // both_grads_impl writes every element of either (zeroing the input gradient itself)
+    if (output_mask[0]) acc = at::empty(input.sizes(), input.options().dtype(acc_type), fmt);
+    if (output_mask[1]) grid_out = at::empty(grid.sizes(), grid.options());
     if (in.numel() != 0 && g.numel() != 0) {
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "grid_sample_backward_cpu", [&] {
         both_grads_impl<scalar_t>(g, in, gr, acc, grid_out, interp, padding, align_corners);
       });
+    } else {
+      if (acc.defined()) acc.zero_();
+      if (grid_out.defined()) grid_out.zero_();
     }
     if (output_mask[0]) grad_input = acc.scalar_type() == input.scalar_type() ? acc : acc.to(input.scalar_type());
     if (output_mask[1]) grad_grid = grid_out;

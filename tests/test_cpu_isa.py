@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from visionops import ops
 
 torch.manual_seed(0)
+threads_default = torch.get_num_threads()
 failures = []
 
 
@@ -53,6 +54,30 @@ for (n, c, h, w, ow), pad, ac, cl in itertools.product(
     # one gradient alone takes its own pass
     (only_grid,) = torch.autograd.grad(ops.grid_sample(x32.detach(), g32, "bilinear", pad, ac), (g32,), go.float())
     check(f"grid_sample grid grad alone {n, c, h, w, ow, pad, ac, cl}", only_grid.double(), rg, 1e-4)
+
+# both gradients of bilinear sampling in one pass (a task per image, taken when
+# there are at least twice as many images as threads) or in two (grid rows,
+# then (image, channel block) tasks): the same sums in the same order, so
+# bit-identical; checked against float64 too, in both layouts
+for pad, cl in itertools.product(["zeros", "border"], [False, True]):
+    x = torch.randn(3, 2, 9, 13, dtype=torch.float64)
+    if cl:
+        x = x.contiguous(memory_format=torch.channels_last)
+    grid = torch.rand(3, 4, 37, 2, dtype=torch.float64) * 2.6 - 1.3
+    go = torch.randn(3, 2, 4, 37, dtype=torch.float64)
+    results = []
+    for threads in (1, 4):
+        torch.set_num_threads(threads)
+        x32, g32 = x.float().requires_grad_(), grid.float().requires_grad_()
+        results.append(torch.autograd.grad(ops.grid_sample(x32, g32, "bilinear", pad), (x32, g32), go.float()))
+    torch.set_num_threads(threads_default)
+    for one_pass, two_passes in zip(*results):
+        if not torch.equal(one_pass, two_passes):
+            failures.append(f"grid_sample one-pass vs two-pass gradients differ {pad, cl}")
+    xr, gr = x.clone().requires_grad_(), grid.clone().requires_grad_()
+    rx, rg = torch.autograd.grad(F.grid_sample(xr, gr, "bilinear", pad, False), (xr, gr), go)
+    check(f"grid_sample one-pass grad input {pad, cl}", results[0][0].double(), rx, 1e-4)
+    check(f"grid_sample one-pass grad grid {pad, cl}", results[0][1].double(), rg, 1e-4)
 
 # depthwise convolution: 3x3 and 5x5, strides 1 and 2, both layouts
 for (k, s, hw), cl in itertools.product([(3, 1, 19), (3, 2, 23), (5, 1, 17), (5, 2, 14), (7, 1, 9)], [False, True]):
