@@ -4,7 +4,8 @@
 // costs 5 us per call even when nothing requires grad and ~18 us when
 // something does (grid_sample on a 1x1x4x4 input: 7.4 / 20.9 us against
 // 2.5 us for the kernel alone), which dominates small inputs and every CUDA
-// launch. A torch::autograd::Function costs about a microsecond.
+// launch. Through a torch::autograd::Function the same call takes 5.2 us with
+// grad, and calls that record no graph skip it (3.0 us).
 //
 // Pattern of every differentiable op: the Autograd kernel runs a Function whose
 // forward calls the op again below autograd (reaching the CPU/CUDA/fake
