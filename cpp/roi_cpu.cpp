@@ -298,6 +298,47 @@ void roi_align_backward_impl(const at::Tensor& grad, const at::Tensor& rois, at:
 
 // ---------------------------------------------------------------- RoIPool
 
+// window_max (roi.h) of the same bin in kPoolLanes channels at once: one bin's
+// scan is a chain of dependent compares, so interleaving independent channels
+// keeps the core busy. Results equal window_max's lane by lane: a lane that saw
+// a NaN is rescanned by window_max itself (first NaN in scan order wins).
+constexpr int kPoolLanes = 4;
+
+template <typename T, typename scalar_t>
+void window_max_lanes(const scalar_t* plane, int64_t lane_stride, int64_t cell_stride, int64_t width, int64_t h0,
+                      int64_t h1, int64_t w0, int64_t w1, T* best, int64_t* index) {
+  if (h1 <= h0 || w1 <= w0) {
+    for (int l = 0; l < kPoolLanes; ++l) {
+      best[l] = T(0);
+      index[l] = -1;
+    }
+    return;
+  }
+  bool nan[kPoolLanes];
+  for (int l = 0; l < kPoolLanes; ++l) {
+    index[l] = h0 * width + w0;
+    best[l] = static_cast<T>(plane[l * lane_stride + index[l] * cell_stride]);
+    nan[l] = false;
+  }
+  for (int64_t h = h0; h < h1; ++h) {
+    for (int64_t w = w0; w < w1; ++w) {
+      const int64_t i = h * width + w;
+      for (int l = 0; l < kPoolLanes; ++l) {
+        const T v = static_cast<T>(plane[l * lane_stride + i * cell_stride]);
+        const int64_t take = -static_cast<int64_t>(v > best[l]);
+        index[l] = (i & take) | (index[l] & ~take);
+        best[l] = best[l] < v ? v : best[l];
+        nan[l] |= !(v == v);
+      }
+    }
+  }
+  for (int l = 0; l < kPoolLanes; ++l) {
+    if (nan[l]) {
+      index[l] = window_max<T, scalar_t, int64_t>(plane + l * lane_stride, cell_stride, width, h0, h1, w0, w1, best[l]);
+    }
+  }
+}
+
 template <typename scalar_t>
 void roi_pool_forward_impl(const at::Tensor& input, const at::Tensor& rois, at::Tensor& output, at::Tensor& argmax,
                            double spatial_scale, int64_t PH, int64_t PW, bool channels_last) {
@@ -319,7 +360,25 @@ void roi_pool_forward_impl(const at::Tensor& input, const at::Tensor& rois, at::
       for (int64_t ph = 0; ph < PH; ++ph) box.rows(ph, H, rows[2 * ph], rows[2 * ph + 1]);
       for (int64_t pw = 0; pw < PW; ++pw) box.cols(pw, W, cols[2 * pw], cols[2 * pw + 1]);
       if (box.batch < 0) std::fill(rows.begin(), rows.end(), int64_t(0));  // invalid RoI: every bin empty
-      for (int64_t c = 0; c < C; ++c) {
+      int64_t c = 0;
+      for (; c + kPoolLanes <= C; c += kPoolLanes) {
+        const scalar_t* plane = in + (box.batch < 0 ? 0 : box.batch) * s_img + c * s_c;
+        scalar_t* o = out + k * C * PH * PW + c * o_c;
+        int64_t* a = arg + k * C * PH * PW + c * o_c;
+        for (int64_t ph = 0; ph < PH; ++ph) {
+          for (int64_t pw = 0; pw < PW; ++pw) {
+            T best[kPoolLanes];
+            int64_t index[kPoolLanes];
+            window_max_lanes<T, scalar_t>(plane, s_c, s_px, W, rows[2 * ph], rows[2 * ph + 1], cols[2 * pw],
+                                          cols[2 * pw + 1], best, index);
+            for (int l = 0; l < kPoolLanes; ++l) {
+              o[l * o_c + (ph * PW + pw) * o_bin] = static_cast<scalar_t>(best[l]);
+              a[l * o_c + (ph * PW + pw) * o_bin] = index[l];
+            }
+          }
+        }
+      }
+      for (; c < C; ++c) {  // the channels left over
         const scalar_t* plane = in + (box.batch < 0 ? 0 : box.batch) * s_img + c * s_c;
         scalar_t* o = out + k * C * PH * PW + c * o_c;
         int64_t* a = arg + k * C * PH * PW + c * o_c;

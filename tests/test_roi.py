@@ -177,6 +177,26 @@ def test_roi_pool_propagates_nan():
     assert x.grad[0, 0, 1, 1] == 1 and x.grad.sum() == 1
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_roi_pool_channel_lanes_equal_single_channel_pools(channels_last):
+    """The CPU kernel pools 4 channels at once (independent compare chains) and
+    the rest one by one: outputs and argmax must equal pooling each channel on
+    its own, with ties (small integers) and NaNs (first NaN in scan order wins,
+    also after a larger value) in lanes and in the tail."""
+    g = torch.Generator().manual_seed(7)
+    x = torch.randint(0, 4, (2, 6, 9, 11), generator=g).float()
+    x[0, 1, 2, 3], x[0, 1, 4, 4], x[1, 5, 0, 0], x[0, 3, 5, 7] = float("nan"), float("nan"), float("nan"), 99.0
+    x[0, 3, 5, 8] = float("nan")
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    rois = torch.tensor([[0, 0.0, 0, 10, 8], [1, 1.0, 1, 7, 9], [0, 2.0, 3, 9, 6], [1, 5.0, 5, 4, 4]])
+    out, argmax = torch.ops.visionops.roi_pool(x, rois, 1.0, 3, 2)
+    for c in range(6):
+        out_c, argmax_c = torch.ops.visionops.roi_pool(x[:, c : c + 1].contiguous(), rois, 1.0, 3, 2)
+        torch.testing.assert_close(out[:, c : c + 1], out_c, rtol=0, atol=0, equal_nan=True)
+        assert torch.equal(argmax[:, c : c + 1], argmax_c)
+
+
 # ---------------------------------------------------------------- gradients, opcheck, compile
 
 
