@@ -30,7 +30,7 @@ struct BoxIouFunction : torch::autograd::Function<BoxIouFunction> {
 
 at::Tensor box_iou_autograd(const at::Tensor& boxes1, const at::Tensor& boxes2) {
   if (!records_graph(boxes1, boxes2)) return call_below_autograd(BoxIouFunction::forward_op(), boxes1, boxes2);
-  return BoxIouFunction::apply(boxes1, boxes2);
+  return apply_function<BoxIouFunction>(boxes1, boxes2);
 }
 
 }  // namespace

@@ -105,7 +105,7 @@ at::Tensor depthwise_conv2d_autograd(const at::Tensor& input, const at::Tensor& 
     return call_below_autograd(DepthwiseConv2dFunction::forward_op(), input, weight, bias, stride, padding, dilation,
                                activation);
   }
-  return DepthwiseConv2dFunction::apply(input, weight, bias, stride, padding, dilation, activation);
+  return apply_function<DepthwiseConv2dFunction>(input, weight, bias, stride, padding, dilation, activation);
 }
 
 at::Tensor conv2d_autograd(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
@@ -113,7 +113,7 @@ at::Tensor conv2d_autograd(const at::Tensor& input, const at::Tensor& weight, co
   if (!records_graph(input, weight, bias)) {
     return call_below_autograd(Conv2dFunction::forward_op(), input, weight, bias, stride, padding, dilation, groups);
   }
-  return Conv2dFunction::apply(input, weight, bias, stride, padding, dilation, groups);
+  return apply_function<Conv2dFunction>(input, weight, bias, stride, padding, dilation, groups);
 }
 
 }  // namespace

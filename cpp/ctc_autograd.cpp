@@ -48,7 +48,7 @@ std::tuple<at::Tensor, at::Tensor> ctc_loss_autograd(const at::Tensor& log_probs
     return call_below_autograd(CtcLossFunction::forward_op(), log_probs, targets, input_lengths, target_lengths,
                                std::move(max_target_length), blank, zero_infinity);
   }
-  auto outputs = CtcLossFunction::apply(log_probs, targets, input_lengths, target_lengths,
+  auto outputs = apply_function<CtcLossFunction>(log_probs, targets, input_lengths, target_lengths,
                                         std::move(max_target_length), blank, zero_infinity);
   return {std::move(outputs[0]), std::move(outputs[1])};
 }

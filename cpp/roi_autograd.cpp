@@ -114,7 +114,7 @@ at::Tensor align_autograd(const at::Tensor& input, const at::Tensor& rois, doubl
     return call_below_autograd(AlignFunction<Names>::forward_op(), input, rois, spatial_scale, std::move(pooled_height),
                                std::move(pooled_width), sampling_ratio, aligned);
   }
-  return AlignFunction<Names>::apply(input, rois, spatial_scale, std::move(pooled_height), std::move(pooled_width),
+  return apply_function<AlignFunction<Names>>(input, rois, spatial_scale, std::move(pooled_height), std::move(pooled_width),
                                      sampling_ratio, aligned);
 }
 
@@ -126,7 +126,7 @@ std::tuple<at::Tensor, at::Tensor> pool_autograd(const at::Tensor& input, const 
                                std::move(pooled_width));
   }
   auto outputs =
-      PoolFunction<Names>::apply(input, rois, spatial_scale, std::move(pooled_height), std::move(pooled_width));
+      apply_function<PoolFunction<Names>>(input, rois, spatial_scale, std::move(pooled_height), std::move(pooled_width));
   return {std::move(outputs[0]), std::move(outputs[1])};
 }
 

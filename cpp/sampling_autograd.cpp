@@ -216,7 +216,7 @@ at::Tensor grid_sample_autograd(const at::Tensor& input, const at::Tensor& grid,
     return call_below_autograd(GridSampleFunction::forward_op(), input, grid, interpolation_mode, padding_mode,
                                align_corners);
   }
-  return GridSampleFunction::apply(input, grid, interpolation_mode, padding_mode, align_corners);
+  return apply_function<GridSampleFunction>(input, grid, interpolation_mode, padding_mode, align_corners);
 }
 
 at::Tensor affine_grid_sample_autograd(const at::Tensor& input, const at::Tensor& theta, c10::SymInt height,
@@ -226,7 +226,7 @@ at::Tensor affine_grid_sample_autograd(const at::Tensor& input, const at::Tensor
     return call_below_autograd(AffineGridSampleFunction::forward_op(), input, theta, std::move(height), std::move(width),
                                interpolation_mode, padding_mode, align_corners);
   }
-  return AffineGridSampleFunction::apply(input, theta, std::move(height), std::move(width), interpolation_mode,
+  return apply_function<AffineGridSampleFunction>(input, theta, std::move(height), std::move(width), interpolation_mode,
                                          padding_mode, align_corners);
 }
 
@@ -237,7 +237,7 @@ at::Tensor tps_grid_autograd(const at::Tensor& kernel_weights, const at::Tensor&
     return call_below_autograd(TpsGridFunction::forward_op(), kernel_weights, affine_weights, target_points,
                                std::move(height), std::move(width), align_corners);
   }
-  return TpsGridFunction::apply(kernel_weights, affine_weights, target_points, std::move(height), std::move(width),
+  return apply_function<TpsGridFunction>(kernel_weights, affine_weights, target_points, std::move(height), std::move(width),
                                 align_corners);
 }
 
@@ -250,7 +250,7 @@ at::Tensor tps_grid_sample_autograd(const at::Tensor& input, const at::Tensor& k
                                target_points, std::move(height), std::move(width), interpolation_mode, padding_mode,
                                align_corners);
   }
-  return TpsGridSampleFunction::apply(input, kernel_weights, affine_weights, target_points, std::move(height),
+  return apply_function<TpsGridSampleFunction>(input, kernel_weights, affine_weights, target_points, std::move(height),
                                       std::move(width), interpolation_mode, padding_mode, align_corners);
 }
 

@@ -15,13 +15,16 @@
 #pragma once
 
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/FuncTorchTLS.h>
 #include <torch/autograd.h>
+#include <torch/csrc/autograd/functions/utils.h>
 #include <torch/library.h>
 
 #include "visionops/check.h"
 
 #include <functional>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -41,6 +44,77 @@ template <typename Signature, typename... Args>
 decltype(auto) call_below_autograd(const c10::TypedOperatorHandle<Signature>& op, Args&&... args) {
   at::AutoDispatchBelowADInplaceOrView guard;
   return op.call(std::forward<Args>(args)...);
+}
+
+// Function<T>::apply, also inside torch.func transforms (grad, vjp, jacrev,
+// vmap over grad). torch refuses C++ Functions there: Function::apply runs the
+// forward with grad mode off, which hides it from an outer transform that
+// differentiates it too. Our forwards only call the op below autograd, which
+// reaches the outer transform's layer through the dispatcher like any built-in
+// op, so inside a transform the same CppNode<T> is built here without turning
+// grad mode off (as torch's generated autograd kernels do). Outside torch.func
+// this is plain T::apply. The node's pointer type differs: std::shared_ptr up
+// to torch 2.13, c10::intrusive_ptr since.
+namespace detail {
+using NodePtr = std::decay_t<decltype(std::declval<torch::autograd::Edge>().function)>;
+
+template <typename T>
+auto make_cpp_node() {
+  if constexpr (std::is_same_v<NodePtr, std::shared_ptr<torch::autograd::Node>>) {
+    // deleteNode (torch <= 2.13 only) found by argument-dependent lookup, so
+    // that newer torch never looks for it
+    return std::shared_ptr<torch::autograd::CppNode<T>>(new torch::autograd::CppNode<T>(),
+                                                         [](torch::autograd::CppNode<T>* node) { deleteNode(node); });
+  } else {
+    return c10::make_intrusive<torch::autograd::CppNode<T>>();
+  }
+}
+
+inline variable_list as_list(at::Tensor t) { return {std::move(t)}; }
+inline variable_list as_list(variable_list v) { return v; }
+
+template <typename T, typename... Args>
+auto apply_inside_functorch(Args&&... args) {
+  auto node = make_cpp_node<T>();
+  variable_list inputs;
+  torch::autograd::extract_vars(node->is_variable_input_, inputs, args...);
+  node->set_ctx_grad_fn(node);
+  node->set_next_edges(torch::autograd::collect_next_edges(inputs));
+  node->clear_input_metadata();
+  for (const auto& input : inputs) node->input_info_.emplace_back(input);
+  auto outputs = T::forward(&node->ctx_, std::forward<Args>(args)...);
+  const auto& non_differentiable = node->ctx_.get_non_differentiable();
+  for (const auto& output : as_list(outputs)) {
+    if (output.defined() && !non_differentiable.count(output.unsafeGetTensorImpl())) {
+      torch::autograd::set_history(output, node);
+    } else {
+      node->add_input_metadata(torch::autograd::Node::undefined_input());
+    }
+    node->output_info_.emplace_back(output);
+  }
+  node->save_variables_to_ctx();
+  return outputs;
+}
+
+// Whether a torch.func transform is active, asked the way Function::apply asks
+// (its check throws then; ATen/functorch/DynamicLayer.h, which says it
+// directly, needs headers torch does not ship).
+inline bool inside_functorch_transform() {
+  const auto& tls = at::functorch::functorchTLSAccessor();
+  if (!tls) return false;
+  try {
+    tls->checkSupportsCppAutogradFunction();
+    return false;
+  } catch (const c10::Error&) {
+    return true;
+  }
+}
+}  // namespace detail
+
+template <typename T, typename... Args>
+auto apply_function(Args&&... args) {
+  if (!detail::inside_functorch_transform()) return T::apply(std::forward<Args>(args)...);
+  return detail::apply_inside_functorch<T>(std::forward<Args>(args)...);
 }
 
 // A graph node that refuses to be differentiated: wraps `compute` (a call of a
@@ -85,7 +159,7 @@ struct NoDoubleBackward final : c10::OperatorKernel {
     const auto num_returns = static_cast<std::ptrdiff_t>(op.schema().returns().size());
     const std::string message = "visionops: double backward (a gradient of the gradient) of " + forward_ops_ +
                                 " is not supported: " + op.schema().name() + " has no derivative";
-    variable_list outputs = NoDerivative::apply(message, at::TensorList(inputs), std::function<variable_list()>([&] {
+    variable_list outputs = apply_function<NoDerivative>(message, at::TensorList(inputs), std::function<variable_list()>([&] {
       run();
       variable_list results;
       for (auto it = stack->end() - num_returns; it != stack->end(); ++it) results.push_back(it->toTensor());
