@@ -15,13 +15,34 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdint>
+#include <limits>
 #include <vector>
 
 #include "visionops/check.h"
+#include "visionops/cpu_isa.h"
 #include "visionops/roi.h"
 #include "visionops/roi_ops.h"
 
 namespace visionops {
+
+namespace roi_kernels_generic {
+#include "roi_cpu_kernels.inc"
+}  // namespace roi_kernels_generic
+#if VISIONOPS_X86_VARIANTS
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+namespace roi_kernels_avx2 {
+#include "roi_cpu_kernels.inc"
+}  // namespace roi_kernels_avx2
+#pragma GCC pop_options
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")
+namespace roi_kernels_avx512 {
+#include "roi_cpu_kernels.inc"
+}  // namespace roi_kernels_avx512
+#pragma GCC pop_options
+#endif
 
 // ---------------------------------------------------------------- argument checks
 
@@ -298,46 +319,14 @@ void roi_align_backward_impl(const at::Tensor& grad, const at::Tensor& rois, at:
 
 // ---------------------------------------------------------------- RoIPool
 
-// window_max (roi.h) of the same bin in kPoolLanes channels at once: one bin's
-// scan is a chain of dependent compares, so interleaving independent channels
-// keeps the core busy. Results equal window_max's lane by lane: a lane that saw
-// a NaN is rescanned by window_max itself (first NaN in scan order wins).
-constexpr int kPoolLanes = 4;
-
-template <typename T, typename scalar_t>
-void window_max_lanes(const scalar_t* plane, int64_t lane_stride, int64_t cell_stride, int64_t width, int64_t h0,
-                      int64_t h1, int64_t w0, int64_t w1, T* best, int64_t* index) {
-  if (h1 <= h0 || w1 <= w0) {
-    for (int l = 0; l < kPoolLanes; ++l) {
-      best[l] = T(0);
-      index[l] = -1;
-    }
-    return;
-  }
-  bool nan[kPoolLanes];
-  for (int l = 0; l < kPoolLanes; ++l) {
-    index[l] = h0 * width + w0;
-    best[l] = static_cast<T>(plane[l * lane_stride + index[l] * cell_stride]);
-    nan[l] = false;
-  }
-  for (int64_t h = h0; h < h1; ++h) {
-    for (int64_t w = w0; w < w1; ++w) {
-      const int64_t i = h * width + w;
-      for (int l = 0; l < kPoolLanes; ++l) {
-        const T v = static_cast<T>(plane[l * lane_stride + i * cell_stride]);
-        const int64_t take = -static_cast<int64_t>(v > best[l]);
-        index[l] = (i & take) | (index[l] & ~take);
-        best[l] = best[l] < v ? v : best[l];
-        nan[l] |= !(v == v);
-      }
-    }
-  }
-  for (int l = 0; l < kPoolLanes; ++l) {
-    if (nan[l]) {
-      index[l] = window_max<T, scalar_t, int64_t>(plane + l * lane_stride, cell_stride, width, h0, h1, w0, w1, best[l]);
-    }
-  }
-}
+// RoIPool forward, one RoI at a time: its cells are copied once into a patch
+// with the channels innermost, then every bin folds its cells into per-channel
+// maxima with vector instructions (fold_cell_max), instead of scanning each
+// bin of each channel on its own, a chain of dependent scalar compares. The
+// result equals window_max (roi.h) channel by channel: same scan order, same
+// first-maximum and NaN rules. RoIs whose patch would be huge (or maps past
+// 2^31 cells) take the scalar scan.
+constexpr int64_t kMaxPoolPatch = int64_t(1) << 22;  // elements of one thread's patch (16 MiB in float)
 
 template <typename scalar_t>
 void roi_pool_forward_impl(const at::Tensor& input, const at::Tensor& rois, at::Tensor& output, at::Tensor& argmax,
@@ -351,45 +340,82 @@ void roi_pool_forward_impl(const at::Tensor& input, const at::Tensor& rois, at::
   // strides of one (image, channel) in the input, of a channel and a bin in the output
   const int64_t s_img = C * H * W, s_c = channels_last ? 1 : H * W, s_px = channels_last ? C : 1;
   const int64_t o_c = channels_last ? 1 : PH * PW, o_bin = channels_last ? C : 1;
+  const int64_t bins = PH * PW;
+  const auto fold = VISIONOPS_ISA_KERNEL_WIDE(roi_kernels, fold_cell_max, T);
+  const bool small_map = H * W <= std::numeric_limits<int32_t>::max();
 
   // bins are computed once per RoI, then reused for every channel
   at::parallel_for(0, K, 1, [&](int64_t begin, int64_t end) {
     std::vector<int64_t> rows(2 * PH), cols(2 * PW);
+    std::vector<T> patch, best(bins * C);
+    std::vector<int32_t> index(bins * C);
     for (int64_t k = begin; k < end; ++k) {
       const auto box = make_roi_pool_box<T>(r + k * 5, static_cast<T>(spatial_scale), PH, PW, N);
       for (int64_t ph = 0; ph < PH; ++ph) box.rows(ph, H, rows[2 * ph], rows[2 * ph + 1]);
       for (int64_t pw = 0; pw < PW; ++pw) box.cols(pw, W, cols[2 * pw], cols[2 * pw + 1]);
       if (box.batch < 0) std::fill(rows.begin(), rows.end(), int64_t(0));  // invalid RoI: every bin empty
-      int64_t c = 0;
-      for (; c + kPoolLanes <= C; c += kPoolLanes) {
-        const scalar_t* plane = in + (box.batch < 0 ? 0 : box.batch) * s_img + c * s_c;
-        scalar_t* o = out + k * C * PH * PW + c * o_c;
-        int64_t* a = arg + k * C * PH * PW + c * o_c;
-        for (int64_t ph = 0; ph < PH; ++ph) {
-          for (int64_t pw = 0; pw < PW; ++pw) {
-            T best[kPoolLanes];
-            int64_t index[kPoolLanes];
-            window_max_lanes<T, scalar_t>(plane, s_c, s_px, W, rows[2 * ph], rows[2 * ph + 1], cols[2 * pw],
-                                          cols[2 * pw + 1], best, index);
-            for (int l = 0; l < kPoolLanes; ++l) {
-              o[l * o_c + (ph * PW + pw) * o_bin] = static_cast<scalar_t>(best[l]);
-              a[l * o_c + (ph * PW + pw) * o_bin] = index[l];
-            }
+      const scalar_t* image = in + (box.batch < 0 ? 0 : box.batch) * s_img;
+      scalar_t* o = out + k * C * bins;
+      int64_t* a = arg + k * C * bins;
+      // the cells any bin reads: [h_lo, h_hi) x [w_lo, w_hi) (bins are ordered along each axis)
+      const int64_t h_lo = rows[0], h_hi = std::max(rows[2 * PH - 1], h_lo);
+      const int64_t w_lo = cols[0], w_hi = std::max(cols[2 * PW - 1], w_lo);
+      const int64_t patch_w = w_hi - w_lo, cells = (h_hi - h_lo) * patch_w;
+      if (!small_map || cells * C > kMaxPoolPatch) {
+        for (int64_t c = 0; c < C; ++c) {
+          for (int64_t bin = 0; bin < bins; ++bin) {
+            const int64_t ph = bin / PW, pw = bin % PW;
+            T value;
+            a[c * o_c + bin * o_bin] = window_max<T, scalar_t, int64_t>(
+                image + c * s_c, s_px, W, rows[2 * ph], rows[2 * ph + 1], cols[2 * pw], cols[2 * pw + 1], value);
+            o[c * o_c + bin * o_bin] = static_cast<scalar_t>(value);
+          }
+        }
+        continue;
+      }
+      patch.resize(cells * C);
+      if (channels_last) {
+        for (int64_t h = h_lo; h < h_hi; ++h) {
+          for (int64_t w = w_lo; w < w_hi; ++w) {
+            const scalar_t* src = image + (h * W + w) * C;
+            T* dst = patch.data() + ((h - h_lo) * patch_w + (w - w_lo)) * C;
+            for (int64_t c = 0; c < C; ++c) dst[c] = static_cast<T>(src[c]);
+          }
+        }
+      } else {
+        // row by row, so that the patch row being written and the input lines
+        // being read both stay in L1
+        for (int64_t h = h_lo; h < h_hi; ++h) {
+          for (int64_t c = 0; c < C; ++c) {
+            const scalar_t* src = image + c * s_c + h * W;
+            T* dst = patch.data() + (h - h_lo) * patch_w * C + c;
+            for (int64_t w = w_lo; w < w_hi; ++w) dst[(w - w_lo) * C] = static_cast<T>(src[w]);
           }
         }
       }
-      for (; c < C; ++c) {  // the channels left over
-        const scalar_t* plane = in + (box.batch < 0 ? 0 : box.batch) * s_img + c * s_c;
-        scalar_t* o = out + k * C * PH * PW + c * o_c;
-        int64_t* a = arg + k * C * PH * PW + c * o_c;
-        for (int64_t ph = 0; ph < PH; ++ph) {
-          for (int64_t pw = 0; pw < PW; ++pw) {
-            T best;
-            const int64_t index = window_max<T, scalar_t, int64_t>(plane, s_px, W, rows[2 * ph], rows[2 * ph + 1],
-                                                                   cols[2 * pw], cols[2 * pw + 1], best);
-            o[(ph * PW + pw) * o_bin] = static_cast<scalar_t>(best);
-            a[(ph * PW + pw) * o_bin] = index;
+      for (int64_t bin = 0; bin < bins; ++bin) {
+        const int64_t h0 = rows[2 * (bin / PW)], h1 = rows[2 * (bin / PW) + 1];
+        const int64_t w0 = cols[2 * (bin % PW)], w1 = cols[2 * (bin % PW) + 1];
+        T* bin_best = best.data() + bin * C;
+        int32_t* bin_index = index.data() + bin * C;
+        if (h1 <= h0 || w1 <= w0) {
+          std::fill(bin_best, bin_best + C, T(0));
+          std::fill(bin_index, bin_index + C, -1);
+          continue;
+        }
+        std::copy_n(patch.data() + ((h0 - h_lo) * patch_w + (w0 - w_lo)) * C, C, bin_best);
+        std::fill(bin_index, bin_index + C, static_cast<int32_t>(h0 * W + w0));
+        for (int64_t h = h0; h < h1; ++h) {
+          for (int64_t w = (h == h0 ? w0 + 1 : w0); w < w1; ++w) {
+            fold(patch.data() + ((h - h_lo) * patch_w + (w - w_lo)) * C, C, static_cast<int32_t>(h * W + w), bin_best,
+                 bin_index);
           }
+        }
+      }
+      for (int64_t c = 0; c < C; ++c) {
+        for (int64_t bin = 0; bin < bins; ++bin) {
+          o[c * o_c + bin * o_bin] = static_cast<scalar_t>(best[bin * C + c]);
+          a[c * o_c + bin * o_bin] = index[bin * C + c];
         }
       }
     }

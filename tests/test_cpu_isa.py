@@ -1,11 +1,12 @@
 """Every CPU kernel variant against torch on one machine.
 
-The SIMD kernels of `conv` and `sampling` are compiled for generic x86-64, AVX2
+The SIMD kernels of `conv`, `sampling` and `roi` (RoIPool) are compiled for generic x86-64, AVX2
 and AVX-512 and the best one for the CPU runs (cpp/include/visionops/cpu_isa.h).
 The normal test run only reaches the best; ``VISIONOPS_CPU_ISA=generic|avx2``
 (read once per process) caps the choice, so each variant is checked here in a
 subprocess: depthwise convolution, bilinear grid sampling and thin-plate-spline
-grids, forward and gradients, on shapes whose rows end in partial vectors.
+grids, forward and gradients, and RoIPool's values and argmax, on shapes whose rows
+end in partial vectors.
 """
 
 from __future__ import annotations
@@ -138,6 +139,22 @@ for (b, k, oh, ow), ac in itertools.product([(2, 20, 5, 130), (1, 7, 3, 64), (2,
         out = ops.tps_grid_sample(x.float(), *p32, (oh, ow), "bilinear", pad, ac)
         peer = F.grid_sample(x.float(), torch_grid32.detach(), "bilinear", pad, ac)
         check_like_torch(f"tps_grid_sample fwd {pad} {case}", out, peer, F.grid_sample(x, grid64.detach(), "bilinear", pad, ac))
+
+# RoIPool: channel counts 1, 5, 19 and 37 cover whole and partial 8- and 16-lane vectors; ties and NaNs
+# exercise the first-maximum and first-NaN rules in every lane (values and argmax must equal the oracle)
+from reference.roi import roi_pool_argmax_reference
+
+for channels, cl in itertools.product([1, 5, 19, 37], [False, True]):
+    x = torch.randint(0, 4, (2, channels, 9, 11)).float()
+    x[torch.rand(x.shape) < 0.03] = float("nan")
+    if cl:
+        x = x.contiguous(memory_format=torch.channels_last)
+    rois = torch.tensor([[0, 0.0, 0, 10, 8], [1, 1.0, 1, 7, 9], [0, 2.0, 3, 9, 6], [1, -3.0, -2, 20, 30]])
+    out, argmax = torch.ops.visionops.roi_pool(x, rois, 1.0, 3, 2)
+    ref_out, ref_argmax = roi_pool_argmax_reference(x, rois, (3, 2), 1.0)
+    if not (torch.equal(out.isnan(), ref_out.isnan()) and torch.equal(out.nan_to_num(), ref_out.nan_to_num())
+            and torch.equal(argmax, ref_argmax)):
+        failures.append(f"roi_pool {channels, cl}: values or argmax differ from the oracle")
 
 assert not failures, "\n".join(failures)
 print("checked")

@@ -9,7 +9,7 @@ import torch
 from conftest import DEVICES, HAS_CUDA
 from hypothesis import given
 from hypothesis import strategies as st
-from reference.roi import roi_align_reference, roi_pool_reference
+from reference.roi import roi_align_reference, roi_pool_argmax_reference, roi_pool_reference
 
 import visionops
 from visionops import nn as vnn
@@ -177,24 +177,40 @@ def test_roi_pool_propagates_nan():
     assert x.grad[0, 0, 1, 1] == 1 and x.grad.sum() == 1
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_roi_pool_channel_lanes_equal_single_channel_pools(channels_last):
-    """The CPU kernel pools 4 channels at once (independent compare chains) and
-    the rest one by one: outputs and argmax must equal pooling each channel on
-    its own, with ties (small integers) and NaNs (first NaN in scan order wins,
-    also after a larger value) in lanes and in the tail."""
-    g = torch.Generator().manual_seed(7)
-    x = torch.randint(0, 4, (2, 6, 9, 11), generator=g).float()
-    x[0, 1, 2, 3], x[0, 1, 4, 4], x[1, 5, 0, 0], x[0, 3, 5, 7] = float("nan"), float("nan"), float("nan"), 99.0
-    x[0, 3, 5, 8] = float("nan")
+@pytest.mark.parametrize("channels", [1, 5, 37])
+def test_roi_pool_values_and_argmax_match_oracle(channels, channels_last, dtype):
+    """The CPU kernel pools all channels of a bin at once from a channels-innermost
+    copy of the RoI (vector lanes, with partial vectors for 5 and 37 channels):
+    values and argmax must follow the scan rules of the oracle, with ties (small
+    integers) and NaNs (the first NaN wins, also after a larger value)."""
+    g = torch.Generator().manual_seed(7 + channels)
+    x = torch.randint(0, 4, (2, channels, 9, 11), generator=g).to(dtype)
+    nan_at = torch.rand(x.shape, generator=g) < 0.03
+    x[nan_at] = float("nan")
+    x[0, -1, 5, 7] = 99.0
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    rois = torch.tensor([[0, 0.0, 0, 10, 8], [1, 1.0, 1, 7, 9], [0, 2.0, 3, 9, 6], [1, 5.0, 5, 4, 4]])
+    rois = torch.tensor([[0, 0.0, 0, 10, 8], [1, 1.0, 1, 7, 9], [0, 2.0, 3, 9, 6], [1, 5.0, 5, 4, 4],
+                         [0, -3.0, -2, 20, 30], [1, 12.0, 10, 15, 12]], dtype=dtype)
     out, argmax = torch.ops.visionops.roi_pool(x, rois, 1.0, 3, 2)
-    for c in range(6):
-        out_c, argmax_c = torch.ops.visionops.roi_pool(x[:, c : c + 1].contiguous(), rois, 1.0, 3, 2)
-        torch.testing.assert_close(out[:, c : c + 1], out_c, rtol=0, atol=0, equal_nan=True)
-        assert torch.equal(argmax[:, c : c + 1], argmax_c)
+    ref_out, ref_argmax = roi_pool_argmax_reference(x, rois, (3, 2), 1.0)
+    torch.testing.assert_close(out, ref_out, rtol=0, atol=0, equal_nan=True)
+    assert torch.equal(argmax, ref_argmax)
+
+
+def test_roi_pool_huge_rois_take_the_scalar_scan_with_the_same_rules():
+    """A RoI whose channels-innermost copy would exceed 2^22 elements is pooled
+    channel by channel instead: same values and argmax as the oracle."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randint(0, 6, (1, 64, 260, 260), generator=g).float()
+    x[0, 3, 100:104, 50] = float("nan")
+    rois = torch.tensor([[0, 0.0, 0, 259, 259], [0, 10.0, 20, 40, 50]])
+    out, argmax = torch.ops.visionops.roi_pool(x, rois, 1.0, 2, 3)
+    ref_out, ref_argmax = roi_pool_argmax_reference(x, rois, (2, 3), 1.0)
+    torch.testing.assert_close(out, ref_out, rtol=0, atol=0, equal_nan=True)
+    assert torch.equal(argmax, ref_argmax)
 
 
 # ---------------------------------------------------------------- gradients, opcheck, compile
