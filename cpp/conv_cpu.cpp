@@ -678,7 +678,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_gemm_backward(const at::Te
           } else {
             im2col(img, g, cols);
           }
-          gw_acc[gr].add_(at::mm(go, cols.t()).to(acc_type));
+          // 16-bit operands are widened first: a 16-bit GEMM would round each
+          // image's term before the batch sum, and the terms can cancel
+          gw_acc[gr].addmm_(go.to(acc_type), cols.t().to(acc_type));
         }
       }
     }

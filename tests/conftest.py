@@ -33,6 +33,18 @@ DEVICES = [
 
 
 @pytest.fixture(autouse=True)
+def _no_tf32():
+    """float32 references computed by torch on CUDA (F.conv2d through cuDNN, GEMMs)
+    must not use TF32 (cuDNN's default on Ampere and later): its ~1e-3 relative
+    error is far above the tolerances of the float32 comparisons. visionops'
+    kernels never use TF32."""
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+
+
+@pytest.fixture(autouse=True)
 def _restore_determinism():
     """Tests that switch deterministic mode on must not leak it."""
     before = torch.are_deterministic_algorithms_enabled()

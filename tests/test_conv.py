@@ -354,6 +354,28 @@ def test_half_precision_matches_float32(device, dtype, tol, op):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_weight_gradient_sums_the_batch_in_float32(device, dtype):
+    """The conv2d weight gradient is a sum over the batch. Here the images'
+    terms cancel (the same image with gradients of alternating sign, plus a
+    small part that survives): had each image's term been rounded to 16 bits
+    before the sum, the error would be ~sqrt(64) roundings of the large terms,
+    far above one rounding of the small result that a float32 sum leaves."""
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(1, 4, 12, 12, generator=g).expand(64, -1, -1, -1).contiguous()
+    w = torch.randn(6, 4, 3, 3, generator=g) / 6
+    sign = torch.tensor([1.0, -1.0]).repeat(32).view(64, 1, 1, 1)
+    grad = torch.randn(1, 6, 10, 10, generator=g) * sign + 0.01 * torch.randn(64, 6, 10, 10, generator=g)
+    x, w, grad = (t.to(device=device, dtype=dtype) for t in (x, w, grad))
+    (gw,) = torch.autograd.grad(ops.conv2d(x, w.requires_grad_(True)), w, grad)
+    w32 = w.detach().float().requires_grad_(True)
+    (ref,) = torch.autograd.grad(ops.conv2d(x.float(), w32), w32, grad.float())
+    eps = torch.finfo(dtype).eps
+    # one rounding of the result, plus float32 summation noise of 57600 terms of size ~3
+    torch.testing.assert_close(gw.float(), ref, rtol=eps, atol=1e-4 * ref.abs().max().item())
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_autocast_runs_in_lower_precision_like_torch(device):
     x, w = torch.randn(1, 4, 8, 8, device=device), torch.randn(4, 1, 3, 3, device=device)
     low = torch.bfloat16

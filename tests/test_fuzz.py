@@ -859,6 +859,9 @@ def run_backward(spec, case, laid, contiguous, d, exact, scale, stats):
         return
     want = torch.autograd.grad(ref_outs, ref_leaves, [g.contiguous() for g in laid_grads], allow_unused=True)
     exact = exact and all(not _is_cl(g) for g in laid_grads)
+    # CUDA backward kernels of the roi and sampling families add with atomics
+    # (any summation order) unless deterministic mode is on
+    exact = exact and (outs[0].device.type == "cpu" or torch.are_deterministic_algorithms_enabled())
     for g, w in zip(got, want):
         if g is None or w is None:
             assert g is None and w is None, f"{spec.name}: gradient missing for one layout only"
@@ -904,6 +907,7 @@ def test_every_public_op_is_fuzzed():
     assert public - {s.name for s in SPECS} == set()
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="mixed devices need a CUDA device")
 @pytest.mark.parametrize("spec", [s for s in SPECS if s.name != "rare_fiducials"], ids=lambda s: s.name)
 def test_fuzz_mixed_devices(spec):

@@ -32,14 +32,6 @@ RTOL = 1e-4
 F64_TOL = 1e-9
 
 
-@pytest.fixture(autouse=True)
-def _no_tf32():
-    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    yield
-    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
-
-
 def _close(actual: torch.Tensor, expected: torch.Tensor, what: str, tol: float = RTOL) -> None:
     # the floor 1e-3 covers tensors that are analytically zero (pure rounding noise,
     # ~1e-14 in float64): real gradients and logits here are >= 1e-3 in magnitude

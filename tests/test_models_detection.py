@@ -28,14 +28,6 @@ torchvision = pytest.importorskip("torchvision", reason="torchvision's detection
 from torchvision.models import detection as tvd  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def _no_tf32():
-    before = torch.backends.cudnn.allow_tf32
-    torch.backends.cudnn.allow_tf32 = False
-    yield
-    torch.backends.cudnn.allow_tf32 = before
-
-
 # ---------------------------------------------------------------- use_visionops on torchvision R-CNN models
 
 BUILDERS = {

@@ -227,7 +227,11 @@ def test_cpu_results_do_not_depend_on_thread_count(call):
 def test_backward_with_non_contiguous_grad_output(call, layout, device):
     """The same gradient whatever the memory layout of grad_output (bit for bit:
     the kernels take a contiguous copy; a channels_last grad_output of an NCHW
-    output may select the channels_last backward, which sums in another order)."""
+    output may select the channels_last backward, which sums in another order).
+    On CUDA in deterministic mode: otherwise the roi and sampling backward
+    kernels add with atomics, in any order."""
+    if device == "cuda":
+        torch.use_deterministic_algorithms(True)
     expected = run(call, device, grad_layout=layout, materialise=True)
     got = run(call, device, grad_layout=layout)
     if layout == "channels_last":

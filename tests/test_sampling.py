@@ -33,6 +33,15 @@ F64_TOL = dict(rtol=1e-9, atol=1e-9)
 F32_TOL = dict(rtol=1e-5, atol=1e-5)
 
 
+@pytest.fixture(autouse=True)
+def _torch_native_grid_sampler():
+    """On CUDA, F.grid_sample hands bilinear/zeros/align_corners=True to cuDNN's
+    spatial-transformer sampler, whose precision and layouts are not the
+    reference meant here: the references use torch's own kernel."""
+    with torch.backends.cudnn.flags(enabled=False):
+        yield
+
+
 def make_case(seed, n, c, h, w, oh, ow, spread, dtype=torch.float64, device="cpu", channels_last=False):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, c, h, w, generator=g, dtype=torch.float64)

@@ -1,40 +1,64 @@
 #!/usr/bin/env bash
-# The GPU-machine check, run as one command through the device tool:
-#   build against the machine's own torch (no venv, no network), run the whole test
-#   suite (CUDA tests included), then each family's CUDA benchmarks.
-#   Everything is packed into $OUT/results.tgz (the tool returns few files).
-# Usage: tools/gpu_check.sh [family ...]   (default: all families)
+# The GPU-machine check, through the device tool (no venv, no network: it builds
+# against the machine's own torch). Phases, each optional:
+#   build  VISIONOPS_CUDA=1 make build VENV=
+#   tests  the CUDA tests (pytest -m cuda; the CPU tests are CI's), one line per
+#          test in tests.log as they finish, so a timeout still leaves a record
+#   bench  each family's CUDA benchmark report (.md + .png)
+# Everything lands in $OUT/results.tgz (the tool returns few files).
+# A device command may run 10 minutes and a session has ~15: run
+#   tools/gpu_check.sh build tests        then, on the warm machine,
+#   tools/gpu_check.sh build bench [family ...]   (the build is then a no-op)
+# Usage: tools/gpu_check.sh [build] [tests] [bench] [family ...]  (no phase: all three)
+# Env: OUT, TEST_TIMEOUT (s, 420), BENCH_TIMEOUT (s per family, 80), PYTEST_EXTRA.
 set -uo pipefail
+cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/visionops-gpu}
 R="$OUT/r"
 mkdir -p "$R"
 export PYTHONUNBUFFERED=1 CMAKE_BUILD_PARALLEL_LEVEL=16
 pack() { tar -C "$OUT" -czf "$OUT/results.tgz" r && rm -rf "$R"; }
 trap pack EXIT
+
+phases=() families=()
+for a in "$@"; do
+  case $a in build|tests|bench) phases+=("$a") ;; *) families+=("$a") ;; esac
+done
+[ ${#phases[@]} -gt 0 ] || phases=(build tests bench)
+has() { [[ " ${phases[*]} " == *" $1 "* ]]; }
+
 {
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
   python3 -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'cuda', torch.version.cuda)"
   nvcc --version | tail -1
   gcc --version | head -1
-} > "$R/env.txt" 2>&1
+} >> "$R/env.txt" 2>&1
 
-start=$(date +%s)
-VISIONOPS_CUDA=1 make build VENV= > "$R/build.log" 2>&1 || { echo "BUILD FAILED"; tail -30 "$R/build.log"; exit 1; }
-echo "build: $(( $(date +%s) - start )) s" >> "$R/env.txt"
+if has build; then
+  start=$(date +%s)
+  VISIONOPS_CUDA=1 make build VENV= > "$R/build.log" 2>&1 || { echo "BUILD FAILED"; tail -30 "$R/build.log"; exit 1; }
+  echo "build: $(( $(date +%s) - start )) s" >> "$R/env.txt"
+fi
 python3 -c "import visionops; print(visionops.build_info())" >> "$R/env.txt" 2>&1
 
-start=$(date +%s)
-# the GPU machine has pytest-xdist and 16 cores: spread the (mostly CPU-bound) hypothesis tests
-xdist=$(python3 -c "import xdist" 2>/dev/null && echo "-n 8")
-timeout ${TEST_TIMEOUT:-330} python3 -m pytest tests -q -rfE -p no:cacheprovider $xdist --junitxml="$R/junit.xml" > "$R/tests.log" 2>&1
-echo "tests: rc $? in $(( $(date +%s) - start )) s" >> "$R/env.txt"
-grep -E "^(FAILED|ERROR)|passed|failed" "$R/tests.log" | tail -25
-
-families=${*:-$(python3 -c "from visionops.benchmarks import FAMILIES; print(' '.join(FAMILIES))")}
-for f in $families; do
+if has tests; then
   start=$(date +%s)
-  timeout ${BENCH_TIMEOUT:-100} python3 -m visionops bench --device cuda --family "$f" --out "$R" > "$R/bench-$f.log" 2>&1
-  echo "bench $f: rc $? in $(( $(date +%s) - start )) s" >> "$R/env.txt"
-  grep "^|" "$R/bench-$f.log"
-done
+  # 16 cores: spread the tests (many are CPU-bound hypothesis properties) when pytest-xdist is there
+  xdist=$(python3 -c "import xdist" 2>/dev/null && echo "-n 8")
+  timeout "${TEST_TIMEOUT:-420}" python3 -m pytest tests -m cuda -v -rfE -p no:cacheprovider $xdist \
+    --junitxml="$R/junit.xml" ${PYTEST_EXTRA:-} > "$R/tests.log" 2>&1
+  echo "tests: rc $? in $(( $(date +%s) - start )) s" >> "$R/env.txt"
+  echo "passed $(grep -c ' PASSED' "$R/tests.log"), failed $(grep -c ' FAILED' "$R/tests.log"), errors $(grep -c ' ERROR' "$R/tests.log")"
+  grep -E "^(FAILED|ERROR) " "$R/tests.log" | head -40
+fi
+
+if has bench; then
+  [ ${#families[@]} -gt 0 ] || read -ra families <<< "$(python3 -c "from visionops.benchmarks import FAMILIES; print(' '.join(FAMILIES))")"
+  for f in "${families[@]}"; do
+    start=$(date +%s)
+    timeout "${BENCH_TIMEOUT:-80}" python3 -m visionops bench --device cuda --family "$f" --out "$R" > "$R/bench-$f.log" 2>&1
+    echo "bench $f: rc $? in $(( $(date +%s) - start )) s" >> "$R/env.txt"
+    grep "^|" "$R/bench-$f.log"
+  done
+fi
 cat "$R/env.txt"
