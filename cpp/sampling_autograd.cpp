@@ -5,6 +5,7 @@
 #include "visionops/autograd.h"
 
 #include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
 
 namespace visionops {
 namespace {
@@ -111,13 +112,19 @@ struct AffineGridSampleFunction : torch::autograd::Function<AffineGridSampleFunc
     const auto batch = theta.sym_size(0);
     const bool align_corners = ctx->saved_data["align_corners"].toBool();
     const std::array<bool, 2> mask{ctx->needs_input_grad(0), ctx->needs_input_grad(1)};
-    const auto base = base_grid(height, width, align_corners, /*ones_first=*/false, theta.options());  // [P, 3]
-    const auto grid = at::matmul(base, theta.transpose(1, 2)).view_symint({batch, height, width, 2});
+    // base and grid in float for 16-bit types: the fused forward computed its coordinates in float too
+    const auto acc = at::toOpMathType(theta.scalar_type());
+    const auto base = base_grid(height, width, align_corners, /*ones_first=*/false, theta.options().dtype(acc));
+    const auto grid = at::matmul(base, theta.transpose(1, 2).to(acc))
+                          .to(theta.scalar_type())
+                          .view_symint({batch, height, width, 2});
     auto [grad_input, grad_grid] = sample_backward(ctx, grads[0], saved[0], grid, mask);
     if (mask[0]) result[0] = grad_input;
     if (mask[1]) {
       // d loss / d theta[n, i, j] = sum over output points p of grad_grid[n, p, i] * base[p, j]
-      result[1] = at::matmul(grad_grid.reshape_symint({batch, height * width, 2}).transpose(1, 2), base);
+      // (a sum over every output point: 16-bit types are summed in float)
+      result[1] = at::matmul(grad_grid.reshape_symint({batch, height * width, 2}).transpose(1, 2).to(acc), base)
+                      .to(theta.scalar_type());
     }
     return result;
   }
@@ -135,8 +142,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> tps_params_grad(const at::Tensor&
   const auto batch = grad_grid.sym_size(0);
   const auto height = grad_grid.sym_size(1);
   const auto width = grad_grid.sym_size(2);
-  const auto base = base_grid(height, width, align_corners, /*ones_first=*/true, affine_weights.options());  // [P, 3]
-  auto grad_affine = at::matmul(base.t(), grad_grid.reshape_symint({batch, height * width, 2}));
+  // a sum over every output point: 16-bit types are summed in float, as the other TPS gradients (in double)
+  const auto acc = at::toOpMathType(affine_weights.scalar_type());
+  const auto base = base_grid(height, width, align_corners, /*ones_first=*/true, affine_weights.options().dtype(acc));
+  auto grad_affine = at::matmul(base.t(), grad_grid.reshape_symint({batch, height * width, 2}).to(acc))
+                         .to(affine_weights.scalar_type());
   return {grad_kernel, grad_affine, grad_points};
 }
 

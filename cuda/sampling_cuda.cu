@@ -345,7 +345,7 @@ at::Tensor tps_grid_cuda(const at::Tensor& kernel_weights, const at::Tensor& aff
 
 constexpr int64_t kPointsPerBlock = 8192;
 
-// Block (k, chunk, b) sums the 4 gradient terms of control point k of image b
+// Block (b * K + k, chunk) sums the 4 gradient terms of control point k of image b
 // over a chunk of output points into partial[((b * K + k) * chunks + chunk) * 4 + j].
 // The tree reduction in shared memory has a fixed shape: deterministic.
 template <typename scalar_t>
@@ -357,7 +357,7 @@ __global__ void tps_grid_backward_kernel(const scalar_t* __restrict__ grad_grid,
   // result than the CPU on the RARE sizes, H200 run).
   using T = double;
   __shared__ T shared[4][kThreads];
-  const int64_t b = blockIdx.z, bk = b * K + blockIdx.x, chunk = blockIdx.y, P = OH * OW;
+  const int64_t bk = blockIdx.x, b = bk / K, chunk = blockIdx.y, P = OH * OW;
   const T cx = static_cast<T>(tp[2 * bk]), cy = static_cast<T>(tp[2 * bk + 1]);
   const T wx = static_cast<T>(kw[2 * bk]), wy = static_cast<T>(kw[2 * bk + 1]);
   T acc[4] = {T(0), T(0), T(0), T(0)};
@@ -397,6 +397,8 @@ std::tuple<at::Tensor, at::Tensor> tps_grid_backward_cuda(const at::Tensor& grad
               op, ": kernel_weights and target_points must be tensors [B, K, 2] of the same shape");
   VISIONOPS_CHECK(grad_grid.scalar_type() == kernel_weights.scalar_type(), op,
               ": grad_grid must have the dtype of kernel_weights");
+  VISIONOPS_CHECK(grad_grid.device() == kernel_weights.device() && target_points.device() == kernel_weights.device(), op,
+                  ": grad_grid, kernel_weights and target_points must be on one device");
   const c10::cuda::CUDAGuard guard(kernel_weights.device());
   const int64_t B = kernel_weights.size(0), K = kernel_weights.size(1);
   const int64_t OH = grad_grid.size(1), OW = grad_grid.size(2), P = OH * OW;
@@ -405,13 +407,13 @@ std::tuple<at::Tensor, at::Tensor> tps_grid_backward_cuda(const at::Tensor& grad
             at::zeros(target_points.sizes(), target_points.options())};
   }
   const int64_t chunks = (P + kPointsPerBlock - 1) / kPointsPerBlock;
-  VISIONOPS_CHECK(K <= 2147483647 && chunks <= 65535 && B <= 65535, op, ": batch (", B, ") or output grid (", P,
-              " points) too large for one launch");
+  VISIONOPS_CHECK(B * K <= 2147483647 && chunks <= 65535, op, ": control points (", B * K, ") or output grid (", P,
+                  " points) too large for one launch");
   auto partial = at::empty({B, K, chunks, 4}, kernel_weights.options().dtype(at::kDouble));
   const auto g = grad_grid.contiguous(), kw = kernel_weights.contiguous(), tp = target_points.contiguous();
   auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, kw.scalar_type(), "tps_grid_backward_cuda", [&] {
-    const dim3 blocks(static_cast<unsigned>(K), static_cast<unsigned>(chunks), static_cast<unsigned>(B));
+    const dim3 blocks(static_cast<unsigned>(B * K), static_cast<unsigned>(chunks));
     tps_grid_backward_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(
         g.const_data_ptr<scalar_t>(), kw.const_data_ptr<scalar_t>(), tp.const_data_ptr<scalar_t>(),
         partial.mutable_data_ptr<double>(), K, OH, OW, chunks, align_corners);

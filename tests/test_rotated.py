@@ -514,6 +514,17 @@ def test_roi_pool_rotated_matches_float64_oracle(
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_roi_align_rotated_off_map_roi_with_a_huge_sampling_ratio(device):
+    """A RoI entirely off the map gives zeros without visiting its samples,
+    even with sampling_ratio = 2^32 (2^64 samples per bin: the count of the
+    lattice must not overflow into "small enough to visit whole")."""
+    x = torch.randn(1, 2, 8, 8, device=device)
+    rois = torch.tensor([[0, 100.0, 100.0, 4.0, 4.0, 30.0]], device=device)
+    out = ops.roi_align_rotated(x, rois, 2, 1.0, 2**32, False)
+    assert out.shape == (1, 2, 2, 2) and not out.any()
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_roi_pool_rotated_rules(device):
     x = torch.full((1, 1, 4, 4), -5.0, device=device)
     x[0, 0, 1, 2] = 7.0

@@ -314,7 +314,10 @@ struct RotatedLattice {
   // neighbourhood, where the search rejects most bins of a RoI at once)
   bool allow_whole = true;
 
-  VISIONOPS_HOST_DEVICE bool whole() const { return allow_whole && u_count * v_count <= kWholeLattice; }
+  // (each count bounded first: their product could overflow for a huge sampling_ratio)
+  VISIONOPS_HOST_DEVICE bool whole() const {
+    return allow_whole && u_count <= kWholeLattice && v_count <= kWholeLattice && u_count * v_count <= kWholeLattice;
+  }
 
   // Rows j of the lattice that can come within [x0, x1] x [y0, y1] of the map.
   VISIONOPS_HOST_DEVICE void rows(double x0, double x1, double y0, double y1, int64_t& j0, int64_t& j1) const {
