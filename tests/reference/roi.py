@@ -71,29 +71,38 @@ def roi_align_reference(
     return out
 
 
-def roi_pool_reference(input: Tensor, rois: Tensor, output_size: tuple[int, int], spatial_scale: float) -> Tensor:
-    x = input.detach().to(torch.float64).cpu()
-    r = rois.detach().to(torch.float64).cpu()
+def _roi_pool_bins(roi: list, spatial_scale: float, output_size: tuple[int, int], height: int, width: int):
+    """(ph, pw, h0, h1, w0, w1) of every non-empty bin of one RoI (batch, x1, y1,
+    x2, y2): corners rounded half away from zero, at least one cell per side,
+    bin edges floor/ceil, clamped to the map (torchvision's rules)."""
     ph_n, pw_n = output_size
-    _, channels, height, width = x.shape
-    out = torch.zeros(r.shape[0], channels, ph_n, pw_n, dtype=torch.float64)
 
     def round_half_away(v: float) -> int:
         return int(math.floor(v + 0.5)) if v >= 0 else -int(math.floor(-v + 0.5))
 
+    _, x1, y1, x2, y2 = roi
+    sx, sy = round_half_away(x1 * spatial_scale), round_half_away(y1 * spatial_scale)
+    ex, ey = round_half_away(x2 * spatial_scale), round_half_away(y2 * spatial_scale)
+    bin_h, bin_w = max(ey - sy + 1, 1) / ph_n, max(ex - sx + 1, 1) / pw_n
+    for ph in range(ph_n):
+        h0 = min(max(math.floor(ph * bin_h) + sy, 0), height)
+        h1 = min(max(math.ceil((ph + 1) * bin_h) + sy, 0), height)
+        for pw in range(pw_n):
+            w0 = min(max(math.floor(pw * bin_w) + sx, 0), width)
+            w1 = min(max(math.ceil((pw + 1) * bin_w) + sx, 0), width)
+            if h1 > h0 and w1 > w0:
+                yield ph, pw, h0, h1, w0, w1
+
+
+def roi_pool_reference(input: Tensor, rois: Tensor, output_size: tuple[int, int], spatial_scale: float) -> Tensor:
+    x = input.detach().to(torch.float64).cpu()
+    r = rois.detach().to(torch.float64).cpu()
+    _, channels, height, width = x.shape
+    out = torch.zeros(r.shape[0], channels, *output_size, dtype=torch.float64)
     for k in range(r.shape[0]):
-        b, x1, y1, x2, y2 = r[k].tolist()
-        sx, sy = round_half_away(x1 * spatial_scale), round_half_away(y1 * spatial_scale)
-        ex, ey = round_half_away(x2 * spatial_scale), round_half_away(y2 * spatial_scale)
-        bin_h, bin_w = max(ey - sy + 1, 1) / ph_n, max(ex - sx + 1, 1) / pw_n
-        for ph in range(ph_n):
-            h0 = min(max(math.floor(ph * bin_h) + sy, 0), height)
-            h1 = min(max(math.ceil((ph + 1) * bin_h) + sy, 0), height)
-            for pw in range(pw_n):
-                w0 = min(max(math.floor(pw * bin_w) + sx, 0), width)
-                w1 = min(max(math.ceil((pw + 1) * bin_w) + sx, 0), width)
-                if h1 > h0 and w1 > w0:
-                    out[k, :, ph, pw] = x[int(b), :, h0:h1, w0:w1].amax(dim=(1, 2))
+        b = int(r[k, 0])
+        for ph, pw, h0, h1, w0, w1 in _roi_pool_bins(r[k].tolist(), spatial_scale, output_size, height, width):
+            out[k, :, ph, pw] = x[b, :, h0:h1, w0:w1].amax(dim=(1, 2))
     return out
 
 
@@ -104,37 +113,22 @@ def roi_pool_argmax_reference(input: Tensor, rois: Tensor, output_size: tuple[in
     argmax is h * W + w, -1 (value 0) for an empty bin."""
     x = input.detach().cpu()
     r = rois.detach().to(torch.float64).cpu()
-    ph_n, pw_n = output_size
     _, channels, height, width = x.shape
-    out = torch.zeros(r.shape[0], channels, ph_n, pw_n, dtype=x.dtype)
-    arg = torch.full((r.shape[0], channels, ph_n, pw_n), -1, dtype=torch.int64)
+    out = torch.zeros(r.shape[0], channels, *output_size, dtype=x.dtype)
+    arg = torch.full((r.shape[0], channels, *output_size), -1, dtype=torch.int64)
     cell = torch.arange(height * width).view(height, width)
-
-    def round_half_away(v: float) -> int:
-        return int(math.floor(v + 0.5)) if v >= 0 else -int(math.floor(-v + 0.5))
-
     for k in range(r.shape[0]):
-        b, x1, y1, x2, y2 = r[k].tolist()
-        if not (0 <= b < x.shape[0]):
+        if not 0 <= r[k, 0].item() < x.shape[0]:
             continue
-        sx, sy = round_half_away(x1 * spatial_scale), round_half_away(y1 * spatial_scale)
-        ex, ey = round_half_away(x2 * spatial_scale), round_half_away(y2 * spatial_scale)
-        bin_h, bin_w = max(ey - sy + 1, 1) / ph_n, max(ex - sx + 1, 1) / pw_n
-        for ph in range(ph_n):
-            h0 = min(max(math.floor(ph * bin_h) + sy, 0), height)
-            h1 = min(max(math.ceil((ph + 1) * bin_h) + sy, 0), height)
-            for pw in range(pw_n):
-                w0 = min(max(math.floor(pw * bin_w) + sx, 0), width)
-                w1 = min(max(math.ceil((pw + 1) * bin_w) + sx, 0), width)
-                if h1 <= h0 or w1 <= w0:
-                    continue
-                window = x[int(b), :, h0:h1, w0:w1].reshape(channels, -1).to(torch.float64)
-                cells = cell[h0:h1, w0:w1].reshape(-1)
-                nan = window.isnan()
-                # argmax returns the first of equal maxima (documented)
-                first_max = window.masked_fill(nan, -math.inf).argmax(1)
-                first_nan = nan.to(torch.int8).argmax(1)
-                pick = torch.where(nan.any(1), first_nan, first_max)
-                arg[k, :, ph, pw] = cells[pick]
-                out[k, :, ph, pw] = x[int(b), :, h0:h1, w0:w1].reshape(channels, -1).gather(1, pick[:, None])[:, 0]
+        b = int(r[k, 0])
+        for ph, pw, h0, h1, w0, w1 in _roi_pool_bins(r[k].tolist(), spatial_scale, output_size, height, width):
+            window = x[b, :, h0:h1, w0:w1].reshape(channels, -1)
+            cells = cell[h0:h1, w0:w1].reshape(-1)
+            nan = window.isnan()
+            # argmax returns the first of equal maxima (documented)
+            first_max = window.to(torch.float64).masked_fill(nan, -math.inf).argmax(1)
+            first_nan = nan.to(torch.int8).argmax(1)
+            pick = torch.where(nan.any(1), first_nan, first_max)
+            arg[k, :, ph, pw] = cells[pick]
+            out[k, :, ph, pw] = window.gather(1, pick[:, None])[:, 0]
     return out, arg
