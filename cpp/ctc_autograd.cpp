@@ -49,7 +49,7 @@ std::tuple<at::Tensor, at::Tensor> ctc_loss_autograd(const at::Tensor& log_probs
                                std::move(max_target_length), blank, zero_infinity);
   }
   auto outputs = apply_function<CtcLossFunction>(log_probs, targets, input_lengths, target_lengths,
-                                        std::move(max_target_length), blank, zero_infinity);
+                                                 std::move(max_target_length), blank, zero_infinity);
   return {std::move(outputs[0]), std::move(outputs[1])};
 }
 

@@ -114,8 +114,8 @@ at::Tensor align_autograd(const at::Tensor& input, const at::Tensor& rois, doubl
     return call_below_autograd(AlignFunction<Names>::forward_op(), input, rois, spatial_scale, std::move(pooled_height),
                                std::move(pooled_width), sampling_ratio, aligned);
   }
-  return apply_function<AlignFunction<Names>>(input, rois, spatial_scale, std::move(pooled_height), std::move(pooled_width),
-                                     sampling_ratio, aligned);
+  return apply_function<AlignFunction<Names>>(input, rois, spatial_scale, std::move(pooled_height),
+                                              std::move(pooled_width), sampling_ratio, aligned);
 }
 
 template <typename Names>
@@ -125,8 +125,8 @@ std::tuple<at::Tensor, at::Tensor> pool_autograd(const at::Tensor& input, const 
     return call_below_autograd(PoolFunction<Names>::forward_op(), input, rois, spatial_scale, std::move(pooled_height),
                                std::move(pooled_width));
   }
-  auto outputs =
-      apply_function<PoolFunction<Names>>(input, rois, spatial_scale, std::move(pooled_height), std::move(pooled_width));
+  auto outputs = apply_function<PoolFunction<Names>>(input, rois, spatial_scale, std::move(pooled_height),
+                                                     std::move(pooled_width));
   return {std::move(outputs[0]), std::move(outputs[1])};
 }
 

@@ -324,9 +324,9 @@ void roi_align_backward_impl(const at::Tensor& grad, const at::Tensor& rois, at:
 // maxima with vector instructions (fold_cell_max), instead of scanning each
 // bin of each channel on its own, a chain of dependent scalar compares. The
 // result equals window_max (roi.h) channel by channel: same scan order, same
-// first-maximum and NaN rules. RoIs whose patch would be huge (or maps past
-// 2^31 cells) take the scalar scan.
-constexpr int64_t kMaxPoolPatch = int64_t(1) << 22;  // elements of one thread's patch (16 MiB in float)
+// first-maximum and NaN rules. RoIs whose patch (or bins x channels) would be
+// huge, and maps past 2^31 cells, take the scalar scan.
+constexpr int64_t kMaxPoolPatch = int64_t(1) << 22;  // elements of one thread's buffers (16 MiB each in float)
 
 template <typename scalar_t>
 void roi_pool_forward_impl(const at::Tensor& input, const at::Tensor& rois, at::Tensor& output, at::Tensor& argmax,
@@ -347,8 +347,8 @@ void roi_pool_forward_impl(const at::Tensor& input, const at::Tensor& rois, at::
   // bins are computed once per RoI, then reused for every channel
   at::parallel_for(0, K, 1, [&](int64_t begin, int64_t end) {
     std::vector<int64_t> rows(2 * PH), cols(2 * PW);
-    std::vector<T> patch, best(bins * C);
-    std::vector<int32_t> index(bins * C);
+    std::vector<T> patch, best;
+    std::vector<int32_t> index;
     for (int64_t k = begin; k < end; ++k) {
       const auto box = make_roi_pool_box<T>(r + k * 5, static_cast<T>(spatial_scale), PH, PW, N);
       for (int64_t ph = 0; ph < PH; ++ph) box.rows(ph, H, rows[2 * ph], rows[2 * ph + 1]);
@@ -361,7 +361,7 @@ void roi_pool_forward_impl(const at::Tensor& input, const at::Tensor& rois, at::
       const int64_t h_lo = rows[0], h_hi = std::max(rows[2 * PH - 1], h_lo);
       const int64_t w_lo = cols[0], w_hi = std::max(cols[2 * PW - 1], w_lo);
       const int64_t patch_w = w_hi - w_lo, cells = (h_hi - h_lo) * patch_w;
-      if (!small_map || cells * C > kMaxPoolPatch) {
+      if (!small_map || cells * C > kMaxPoolPatch || bins * C > kMaxPoolPatch) {
         for (int64_t c = 0; c < C; ++c) {
           for (int64_t bin = 0; bin < bins; ++bin) {
             const int64_t ph = bin / PW, pw = bin % PW;
@@ -374,6 +374,8 @@ void roi_pool_forward_impl(const at::Tensor& input, const at::Tensor& rois, at::
         continue;
       }
       patch.resize(cells * C);
+      best.resize(bins * C);
+      index.resize(bins * C);
       if (channels_last) {
         for (int64_t h = h_lo; h < h_hi; ++h) {
           for (int64_t w = w_lo; w < w_hi; ++w) {

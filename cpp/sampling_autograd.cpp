@@ -236,8 +236,8 @@ at::Tensor affine_grid_sample_autograd(const at::Tensor& input, const at::Tensor
     return call_below_autograd(AffineGridSampleFunction::forward_op(), input, theta, std::move(height), std::move(width),
                                interpolation_mode, padding_mode, align_corners);
   }
-  return apply_function<AffineGridSampleFunction>(input, theta, std::move(height), std::move(width), interpolation_mode,
-                                         padding_mode, align_corners);
+  return apply_function<AffineGridSampleFunction>(input, theta, std::move(height), std::move(width),
+                                                  interpolation_mode, padding_mode, align_corners);
 }
 
 at::Tensor tps_grid_autograd(const at::Tensor& kernel_weights, const at::Tensor& affine_weights,
@@ -247,8 +247,8 @@ at::Tensor tps_grid_autograd(const at::Tensor& kernel_weights, const at::Tensor&
     return call_below_autograd(TpsGridFunction::forward_op(), kernel_weights, affine_weights, target_points,
                                std::move(height), std::move(width), align_corners);
   }
-  return apply_function<TpsGridFunction>(kernel_weights, affine_weights, target_points, std::move(height), std::move(width),
-                                align_corners);
+  return apply_function<TpsGridFunction>(kernel_weights, affine_weights, target_points, std::move(height),
+                                         std::move(width), align_corners);
 }
 
 at::Tensor tps_grid_sample_autograd(const at::Tensor& input, const at::Tensor& kernel_weights,
@@ -260,8 +260,9 @@ at::Tensor tps_grid_sample_autograd(const at::Tensor& input, const at::Tensor& k
                                target_points, std::move(height), std::move(width), interpolation_mode, padding_mode,
                                align_corners);
   }
-  return apply_function<TpsGridSampleFunction>(input, kernel_weights, affine_weights, target_points, std::move(height),
-                                      std::move(width), interpolation_mode, padding_mode, align_corners);
+  return apply_function<TpsGridSampleFunction>(input, kernel_weights, affine_weights, target_points,
+                                               std::move(height), std::move(width), interpolation_mode, padding_mode,
+                                               align_corners);
 }
 
 }  // namespace

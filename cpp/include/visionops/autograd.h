@@ -159,13 +159,14 @@ struct NoDoubleBackward final : c10::OperatorKernel {
     const auto num_returns = static_cast<std::ptrdiff_t>(op.schema().returns().size());
     const std::string message = "visionops: double backward (a gradient of the gradient) of " + forward_ops_ +
                                 " is not supported: " + op.schema().name() + " has no derivative";
-    variable_list outputs = apply_function<NoDerivative>(message, at::TensorList(inputs), std::function<variable_list()>([&] {
+    const auto compute = std::function<variable_list()>([&] {
       run();
       variable_list results;
       for (auto it = stack->end() - num_returns; it != stack->end(); ++it) results.push_back(it->toTensor());
       torch::jit::drop(*stack, num_returns);
       return results;
-    }));
+    });
+    variable_list outputs = apply_function<NoDerivative>(message, at::TensorList(inputs), compute);
     for (auto& output : outputs) stack->emplace_back(std::move(output));
   }
 
