@@ -357,6 +357,22 @@ def test_torch_func_outer_transform_sees_the_forward():
     assert expected.abs().sum() > 0
 
 
+def test_torch_compile_of_torch_func_grad():
+    """torch.compile(torch.func.grad(f), fullgraph=True) traces the op's autograd
+    inside the transform (on fake tensors) and gives the eager gradient."""
+    g = _gen(0)
+    x = torch.randn(2, 3, 6, 6, generator=g, dtype=torch.float64)
+    grid = torch.rand(2, 4, 4, 2, generator=g, dtype=torch.float64) * 2 - 1
+
+    def loss(x):
+        return ops.grid_sample(x, grid).pow(2).sum()
+
+    eager = torch.func.grad(loss)(x)
+    torch._dynamo.reset()
+    compiled = torch.compile(torch.func.grad(loss), fullgraph=True)(x)
+    torch.testing.assert_close(compiled, eager, rtol=1e-12, atol=1e-12)
+
+
 def test_torch_func_double_backward_raises():
     """Inside torch.func too, a gradient of a kernel's gradient raises the
     clear double-backward error (not a zero)."""
