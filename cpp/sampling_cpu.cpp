@@ -501,7 +501,11 @@ void both_grads_impl(const at::Tensor& grad, const at::Tensor& input, const at::
   const int64_t N = grid.size(0), OH = grid.size(1), OW = grid.size(2), P = OH * OW;
   const Strides4 s = strides_of(input), gs = strides_of(grad);
   // an undefined grad_acc / grad_grid is not wanted (bilinear zeros / border only)
-  TORCH_INTERNAL_ASSERT(!grad_acc.defined() || grad_acc.strides() == input.strides());
+  // grad_acc is addressed with input's strides: they must agree wherever a
+  // dimension has more than one element (a size-1 dimension's stride is free)
+  if (grad_acc.defined()) {
+    for (int64_t d = 0; d < 4; ++d) TORCH_INTERNAL_ASSERT(input.size(d) <= 1 || grad_acc.stride(d) == input.stride(d));
+  }
   const scalar_t* in = input.const_data_ptr<scalar_t>();
   const scalar_t* g = grad.const_data_ptr<scalar_t>();
   const scalar_t* gr = grid.const_data_ptr<scalar_t>();

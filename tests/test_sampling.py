@@ -436,6 +436,28 @@ def test_half_precision_matches_float32(device, dtype, tol):
     torch.testing.assert_close(x.grad.float(), x32.grad, rtol=tol, atol=tol)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_backward_with_size_one_dims_of_any_stride(dtype):
+    """Found by fuzzing: an input [1, 2, 2, 1] whose size-1 dimension has a
+    non-canonical stride counts as channels_last, and the backward's gradient
+    buffer then got other strides than the input for that dimension (an
+    internal assert fired). Results must equal those of the contiguous input, up
+    to the order in which the channels_last kernel sums the grid gradient's
+    channel terms (torch's default tolerances of the dtype: a few ulps)."""
+    g = torch.Generator().manual_seed(3)
+    base = torch.randn(1, 2, 2, 1, generator=g).to(dtype)
+    x = base.transpose(1, 2).contiguous().transpose(1, 2)
+    assert x.stride() != base.stride()
+    grid = (torch.rand(1, 3, 2, 2, generator=g) * 2 - 1).to(dtype)
+    results = []
+    for inp in (x, base):
+        leaves = [inp.clone(memory_format=torch.preserve_format).requires_grad_(True), grid.clone().requires_grad_(True)]
+        out = ops.grid_sample(*leaves)
+        results.append([out, *torch.autograd.grad(out, leaves, torch.ones_like(out))])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_autocast_runs_float32(device):
     x, grid = make_case(28, 1, 2, 6, 6, 3, 3, 1.0, dtype=torch.float32, device=device)
