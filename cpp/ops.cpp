@@ -47,6 +47,10 @@ TORCH_LIBRARY(visionops, m) {
   m.def(
       "affine_grid_sample(Tensor input, Tensor theta, SymInt height, SymInt width, int interpolation_mode, "
       "int padding_mode, bool align_corners) -> Tensor");
+  // the fused warp's backward: (grad_input, grad_theta), the output size read from grad
+  m.def(
+      "_affine_grid_sample_backward(Tensor grad, Tensor input, Tensor theta, int interpolation_mode, "
+      "int padding_mode, bool align_corners, bool[2] output_mask) -> (Tensor, Tensor)");
   m.def(
       "tps_grid(Tensor kernel_weights, Tensor affine_weights, Tensor target_points, SymInt height, SymInt width, "
       "bool align_corners) -> Tensor");

@@ -1,8 +1,11 @@
-// Autograd of the sampling ops. All of them share one backward op,
-// _grid_sample_backward, given the grid: grid_sample has it; the fused affine
-// and TPS warps rebuild it once in the backward (their forward never
-// materialises it) and chain its gradient to theta or to the TPS parameters.
+// Autograd of the sampling ops. grid_sample's backward op is
+// _grid_sample_backward, given the grid; the fused TPS warp rebuilds its grid
+// once in the backward (its forward never materialises it), runs that op and
+// chains the grid gradient to the TPS parameters; the fused affine warp has
+// its own backward op, _affine_grid_sample_backward, which on the CPU never
+// materialises the grid either.
 #include "visionops/autograd.h"
+#include "visionops/sampling_ops.h"
 
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
@@ -15,6 +18,9 @@ using GridSampleBackwardSignature = std::tuple<at::Tensor, at::Tensor>(
     const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, int64_t, bool, std::array<bool, 2>);
 using AffineSignature = at::Tensor(const at::Tensor&, const at::Tensor&, c10::SymInt, c10::SymInt, int64_t, int64_t,
                                    bool);
+using AffineBackwardSignature = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
+                                                                    const at::Tensor&, int64_t, int64_t, bool,
+                                                                    std::array<bool, 2>);
 using TpsGridSignature = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, c10::SymInt, c10::SymInt,
                                     bool);
 using TpsGridBackwardSignature = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
@@ -25,26 +31,6 @@ using TpsSampleSignature = at::Tensor(const at::Tensor&, const at::Tensor&, cons
 const c10::TypedOperatorHandle<GridSampleBackwardSignature>& grid_sample_backward_op() {
   static const auto op = find_op<GridSampleBackwardSignature>("_grid_sample_backward");
   return op;
-}
-
-// The normalised output-pixel coordinates along one axis, as F.affine_grid:
-// linspace(-1, 1), shrunk to the pixel centres unless align_corners; 0 for size 1.
-at::Tensor base_coordinates(int64_t size, bool align_corners, const at::TensorOptions& options) {
-  if (size <= 1) return at::zeros({size}, options);
-  auto v = at::linspace(-1, 1, size, options);
-  return align_corners ? v : v * (static_cast<double>(size - 1) / static_cast<double>(size));
-}
-
-// [H * W, 3] rows (x_t, y_t, 1) (affine: theta @ row) or (1, x_t, y_t) (TPS affine part).
-at::Tensor base_grid(const c10::SymInt& height, const c10::SymInt& width, bool align_corners, bool ones_first,
-                     const at::TensorOptions& options) {
-  const int64_t h = height.guard_int(__FILE__, __LINE__);
-  const int64_t w = width.guard_int(__FILE__, __LINE__);
-  auto xs = base_coordinates(w, align_corners, options).view({1, w}).expand({h, w});
-  auto ys = base_coordinates(h, align_corners, options).view({h, 1}).expand({h, w});
-  auto ones = at::ones({h, w}, options);
-  auto columns = ones_first ? std::vector<at::Tensor>{ones, xs, ys} : std::vector<at::Tensor>{xs, ys, ones};
-  return at::stack(columns, -1).reshape({h * w, 3});
 }
 
 void save_sampling_params(AutogradContext* ctx, int64_t interpolation_mode, int64_t padding_mode, bool align_corners) {
@@ -95,8 +81,6 @@ struct AffineGridSampleFunction : torch::autograd::Function<AffineGridSampleFunc
                             c10::SymInt width, int64_t interpolation_mode, int64_t padding_mode, bool align_corners) {
     ctx->set_materialize_grads(false);
     ctx->save_for_backward({input, theta});
-    ctx->saved_data["height"] = height;
-    ctx->saved_data["width"] = width;
     save_sampling_params(ctx, interpolation_mode, padding_mode, align_corners);
     return call_below_autograd(forward_op(), input, theta, std::move(height), std::move(width), interpolation_mode,
                                padding_mode, align_corners);
@@ -105,27 +89,14 @@ struct AffineGridSampleFunction : torch::autograd::Function<AffineGridSampleFunc
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     auto result = no_grads(7);
     if (!grads[0].defined()) return result;
+    static const auto op = find_op<AffineBackwardSignature>("_affine_grid_sample_backward");
     const auto saved = ctx->get_saved_variables();
-    const at::Tensor& theta = saved[1];
-    const auto height = ctx->saved_data["height"].toSymInt();
-    const auto width = ctx->saved_data["width"].toSymInt();
-    const auto batch = theta.sym_size(0);
-    const bool align_corners = ctx->saved_data["align_corners"].toBool();
     const std::array<bool, 2> mask{ctx->needs_input_grad(0), ctx->needs_input_grad(1)};
-    // base and grid in float for 16-bit types: the fused forward computed its coordinates in float too
-    const auto acc = at::toOpMathType(theta.scalar_type());
-    const auto base = base_grid(height, width, align_corners, /*ones_first=*/false, theta.options().dtype(acc));
-    const auto grid = at::matmul(base, theta.transpose(1, 2).to(acc))
-                          .to(theta.scalar_type())
-                          .view_symint({batch, height, width, 2});
-    auto [grad_input, grad_grid] = sample_backward(ctx, grads[0], saved[0], grid, mask);
+    auto [grad_input, grad_theta] =
+        call_backward_op(op, grads[0], saved[0], saved[1], ctx->saved_data["interpolation_mode"].toInt(),
+                         ctx->saved_data["padding_mode"].toInt(), ctx->saved_data["align_corners"].toBool(), mask);
     if (mask[0]) result[0] = grad_input;
-    if (mask[1]) {
-      // d loss / d theta[n, i, j] = sum over output points p of grad_grid[n, p, i] * base[p, j]
-      // (a sum over every output point: 16-bit types are summed in float)
-      result[1] = at::matmul(grad_grid.reshape_symint({batch, height * width, 2}).transpose(1, 2).to(acc), base)
-                      .to(theta.scalar_type());
-    }
+    if (mask[1]) result[1] = grad_theta;
     return result;
   }
 };
@@ -144,7 +115,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> tps_params_grad(const at::Tensor&
   const auto width = grad_grid.sym_size(2);
   // a sum over every output point: 16-bit types are summed in float, as the other TPS gradients (in double)
   const auto acc = at::toOpMathType(affine_weights.scalar_type());
-  const auto base = base_grid(height, width, align_corners, /*ones_first=*/true, affine_weights.options().dtype(acc));
+  const auto base = sampling_base_grid(height.guard_int(__FILE__, __LINE__), width.guard_int(__FILE__, __LINE__),
+                                       align_corners, /*ones_first=*/true, affine_weights.options().dtype(acc));
   auto grad_affine = at::matmul(base.t(), grad_grid.reshape_symint({batch, height * width, 2}).to(acc))
                          .to(affine_weights.scalar_type());
   return {grad_kernel, grad_affine, grad_points};
@@ -272,6 +244,7 @@ TORCH_LIBRARY_IMPL(visionops, Autograd, m) {
   m.impl("affine_grid_sample", TORCH_FN(affine_grid_sample_autograd));
   m.impl("tps_grid", TORCH_FN(tps_grid_autograd));
   m.impl("tps_grid_sample", TORCH_FN(tps_grid_sample_autograd));
+  m.impl("_affine_grid_sample_backward", no_double_backward("affine_grid_sample"));
   m.impl("_grid_sample_backward", no_double_backward("grid_sample / affine_grid_sample / tps_grid_sample"));
   m.impl("_tps_grid_backward", no_double_backward("tps_grid / tps_grid_sample"));
 }

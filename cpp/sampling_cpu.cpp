@@ -51,6 +51,32 @@ void check_sampling_grid(const char* op, const at::Tensor& input, const at::Tens
               input.scalar_type(), "), got ", grid.scalar_type());
 }
 
+// The normalised output-pixel coordinates along one axis, as F.affine_grid:
+// linspace(-1, 1), shrunk to the pixel centres unless align_corners; 0 for size 1.
+at::Tensor sampling_base_coordinates(int64_t size, bool align_corners, const at::TensorOptions& options) {
+  if (size <= 1) return at::zeros({size}, options);
+  auto v = at::linspace(-1, 1, size, options);
+  return align_corners ? v : v * (static_cast<double>(size - 1) / static_cast<double>(size));
+}
+
+at::Tensor sampling_base_grid(int64_t height, int64_t width, bool align_corners, bool ones_first,
+                              const at::TensorOptions& options) {
+  auto xs = sampling_base_coordinates(width, align_corners, options).view({1, width}).expand({height, width});
+  auto ys = sampling_base_coordinates(height, align_corners, options).view({height, 1}).expand({height, width});
+  auto ones = at::ones({height, width}, options);
+  auto columns = ones_first ? std::vector<at::Tensor>{ones, xs, ys} : std::vector<at::Tensor>{xs, ys, ones};
+  return at::stack(columns, -1).reshape({height * width, 3});
+}
+
+void check_sampling_output_grad(const char* op, const at::Tensor& grad, const at::Tensor& input) {
+  VISIONOPS_CHECK(grad.dim() == 4 && grad.size(0) == input.size(0) && grad.size(1) == input.size(1), op,
+                  ": grad must have shape [", input.size(0), ", ", input.size(1), ", H_out, W_out], got ", grad.sizes());
+  VISIONOPS_CHECK(grad.device() == input.device(), op, ": grad must be on the same device as input (", input.device(),
+                  "), got ", grad.device());
+  VISIONOPS_CHECK(grad.scalar_type() == input.scalar_type(), op, ": grad must have the same dtype as input (",
+                  input.scalar_type(), "), got ", grad.scalar_type());
+}
+
 void check_sampling_theta(const char* op, const at::Tensor& input, const at::Tensor& theta) {
   VISIONOPS_CHECK(theta.dim() == 3 && theta.size(1) == 2 && theta.size(2) == 3, op,
               ": theta must be a tensor [N, 2, 3], got shape ", theta.sizes());
@@ -483,9 +509,103 @@ void input_grad_impl(const at::Tensor& grad, const at::Tensor& grid, at::Tensor&
   });
 }
 
-// Bilinear with zeros / border padding: either gradient or both, through the
-// row kernels of sampling_cpu_kernels.inc (an undefined grad_acc or grad_grid
-// is not computed). Other modes: both gradients in one pass, the taps of a
+// The input gradient buffer is addressed with the input's strides: they must
+// agree wherever a dimension has more than one element (a size-1 dimension's
+// stride is free).
+void check_gradient_layout(const at::Tensor& grad_acc, const at::Tensor& input) {
+  if (!grad_acc.defined()) return;
+  for (int64_t d = 0; d < 4; ++d) TORCH_INTERNAL_ASSERT(input.size(d) <= 1 || grad_acc.stride(d) == input.stride(d));
+}
+
+// Bilinear with zeros / border padding, through the row kernels of
+// sampling_cpu_kernels.inc, for any coordinate source: a grid (grid_sample) or
+// theta, whose rows of coordinates are recomputed here (affine_grid_sample, so
+// that its backward never materialises the grid). grad_acc (opmath, the
+// input's layout, uninitialised) receives the input gradient unless undefined;
+// on_row(row, pairs) receives each output row's grid gradient ((x, y) pairs,
+// opmath) when want_grid, every row exactly once.
+// With enough images for every thread, one pass: a task per image and all its
+// channels, the taps of each point computed once for both gradients. Otherwise
+// two passes: the grid gradient by output rows (all channels at once), then the
+// input gradient by (image, channel block) tasks that own their planes. The
+// grouping depends on the shape only: deterministic.
+template <typename scalar_t, Padding kPad, typename Source, typename OnRow>
+void bilinear_backward_rows(const at::Tensor& grad, const at::Tensor& input, const Source& src, at::Tensor& grad_acc,
+                            bool want_grid, bool align_corners, const OnRow& on_row) {
+  using T = at::opmath_type<scalar_t>;
+  const int64_t C = input.size(1), H = input.size(2), W = input.size(3);
+  const int64_t N = grad.size(0), OH = grad.size(2), OW = grad.size(3);
+  const Strides4 s = strides_of(input), gs = strides_of(grad);
+  check_gradient_layout(grad_acc, input);
+  const scalar_t* in = input.const_data_ptr<scalar_t>();
+  const scalar_t* g = grad.const_data_ptr<scalar_t>();
+  T* acc = grad_acc.defined() ? grad_acc.mutable_data_ptr<T>() : nullptr;
+  const PixelAxis<T> ax_x{static_cast<T>(align_corners ? W - 1 : W), align_corners ? T(0) : T(1),
+                          static_cast<T>(W - 1), W};
+  const PixelAxis<T> ax_y{static_cast<T>(align_corners ? H - 1 : H), align_corners ? T(0) : T(1),
+                          static_cast<T>(H - 1), H};
+  const int64_t block = channel_block(N, C);
+  const int64_t blocks = (C + block - 1) / block;
+  // NCHW planes are zeroed by the task that owns them, just before it
+  // accumulates into them (still in cache); other layouts here.
+  const bool planes_zeroed_by_task = acc != nullptr && s.c == H * W && s.y == W && s.x == 1;
+  if (acc != nullptr && !planes_zeroed_by_task) grad_acc.zero_();
+  const auto zero_planes = [&](int64_t n, int64_t c0, int64_t c1) {
+    if (planes_zeroed_by_task) std::memset(acc + n * s.n + c0 * s.c, 0, sizeof(T) * (c1 - c0) * H * W);
+  };
+  const auto row_kernel = VISIONOPS_ISA_KERNEL_WIDE(sampling, bilinear_row_backward, kPad == Padding::Border, T, scalar_t);
+  // per-task buffers: the row's base x coordinates, its source coordinates and its grid gradient
+  struct Rows {
+    std::vector<T> base_x, xy, pairs;
+    Rows(int64_t OW, bool align) : base_x(OW), xy(2 * OW), pairs(2 * OW) {
+      for (int64_t w = 0; w < OW; ++w) base_x[w] = base_coordinate<T>(w, OW, align);
+    }
+  };
+  if (want_grid && acc != nullptr && N >= 2 * at::get_num_threads()) {
+    at::parallel_for(0, N, 1, [&](int64_t b, int64_t e) {
+      Rows r(OW, align_corners);
+      for (int64_t n = b; n < e; ++n) {
+        zero_planes(n, 0, C);
+        for (int64_t h = 0; h < OH; ++h) {
+          row_kernel(in + n * s.n, acc + n * s.n, s.c, s.y, s.x, C, ax_x, ax_y,
+                     source_row(src, n, h, r.base_x.data(), r.xy.data()), OW, g + n * gs.n + h * gs.y, gs.c, gs.x,
+                     r.pairs.data());
+          on_row(n * OH + h, r.pairs.data());
+        }
+      }
+    });
+    return;
+  }
+  if (want_grid) {
+    at::parallel_for(0, N * OH, std::max<int64_t>(1, 1024 / std::max<int64_t>(OW * C, 1)), [&](int64_t b, int64_t e) {
+      Rows r(OW, align_corners);
+      for (int64_t row = b; row < e; ++row) {
+        const int64_t n = row / OH, h = row % OH;
+        row_kernel(in + n * s.n, nullptr, s.c, s.y, s.x, C, ax_x, ax_y,
+                   source_row(src, n, h, r.base_x.data(), r.xy.data()), OW, g + n * gs.n + h * gs.y, gs.c, gs.x,
+                   r.pairs.data());
+        on_row(row, r.pairs.data());
+      }
+    });
+  }
+  if (acc != nullptr) {
+    at::parallel_for(0, N * blocks, 1, [&](int64_t b, int64_t e) {
+      Rows r(OW, align_corners);
+      for (int64_t task = b; task < e; ++task) {
+        const int64_t n = task / blocks, c0 = (task % blocks) * block, c1 = std::min(C, c0 + block);
+        zero_planes(n, c0, c1);
+        for (int64_t h = 0; h < OH; ++h)
+          row_kernel(in + n * s.n + c0 * s.c, acc + n * s.n + c0 * s.c, s.c, s.y, s.x, c1 - c0, ax_x, ax_y,
+                     source_row(src, n, h, r.base_x.data(), r.xy.data()), OW, g + n * gs.n + h * gs.y + c0 * gs.c,
+                     gs.c, gs.x, nullptr);
+      }
+    });
+  }
+}
+
+// Bilinear with zeros / border padding: either gradient or both, through
+// bilinear_backward_rows (an undefined grad_acc or grad_grid is not computed).
+// Other modes: both gradients in one pass, the taps of a
 // point computed once for the input scatter and the grid gradient; tasks and
 // their order are those of input_grad_impl, and with several channel blocks
 // per image each block writes its share of the grid gradient to `partial`,
@@ -500,80 +620,24 @@ void both_grads_impl(const at::Tensor& grad, const at::Tensor& input, const at::
   const int64_t C = input.size(1), H = input.size(2), W = input.size(3);
   const int64_t N = grid.size(0), OH = grid.size(1), OW = grid.size(2), P = OH * OW;
   const Strides4 s = strides_of(input), gs = strides_of(grad);
-  // an undefined grad_acc / grad_grid is not wanted (bilinear zeros / border only)
-  // grad_acc is addressed with input's strides: they must agree wherever a
-  // dimension has more than one element (a size-1 dimension's stride is free)
-  if (grad_acc.defined()) {
-    for (int64_t d = 0; d < 4; ++d) TORCH_INTERNAL_ASSERT(input.size(d) <= 1 || grad_acc.stride(d) == input.stride(d));
-  }
   const scalar_t* in = input.const_data_ptr<scalar_t>();
   const scalar_t* g = grad.const_data_ptr<scalar_t>();
   const scalar_t* gr = grid.const_data_ptr<scalar_t>();
-  T* acc = grad_acc.defined() ? grad_acc.mutable_data_ptr<T>() : nullptr;
   scalar_t* gg = grad_grid.defined() ? grad_grid.mutable_data_ptr<scalar_t>() : nullptr;
-  const PixelAxis<T> ax_x{static_cast<T>(align_corners ? W - 1 : W), align_corners ? T(0) : T(1),
-                          static_cast<T>(W - 1), W};
-  const PixelAxis<T> ax_y{static_cast<T>(align_corners ? H - 1 : H), align_corners ? T(0) : T(1),
-                          static_cast<T>(H - 1), H};
-  const int64_t block = channel_block(N, C);
-  const int64_t blocks = (C + block - 1) / block;
-  // grad_acc comes uninitialised: NCHW planes are zeroed by the task that owns
-  // them, just before it accumulates into them (still in cache); else here.
-  const bool planes_zeroed_by_task =
-      acc != nullptr && s.c == H * W && s.y == W && s.x == 1 && interp == Interp::Bilinear && padding != Padding::Reflection;
-  if (acc != nullptr && !planes_zeroed_by_task) grad_acc.zero_();
-  const auto zero_planes = [&](int64_t n, int64_t c0, int64_t c1) {
-    if (planes_zeroed_by_task) std::memset(acc + n * s.n + c0 * s.c, 0, sizeof(T) * (c1 - c0) * H * W);
-  };
   if constexpr (interp == Interp::Bilinear && padding != Padding::Reflection) {
-    const auto row_kernel =
-        VISIONOPS_ISA_KERNEL_WIDE(sampling, bilinear_row_backward, padding == Padding::Border, T, scalar_t);
-    if (gg != nullptr && acc != nullptr && N >= 2 * at::get_num_threads()) {
-      // Enough images for every thread: one pass, a task per image and all its
-      // channels, the taps of each point computed once for both gradients.
-      at::parallel_for(0, N, 1, [&](int64_t b, int64_t e) {
-        std::vector<T> pairs(2 * OW);
-        for (int64_t n = b; n < e; ++n) {
-          zero_planes(n, 0, C);
-          for (int64_t h = 0; h < OH; ++h) {
-            const int64_t row = n * OH + h;
-            row_kernel(in + n * s.n, acc + n * s.n, s.c, s.y, s.x, C, ax_x, ax_y, gr + row * OW * 2, OW,
-                       g + n * gs.n + h * gs.y, gs.c, gs.x, pairs.data());
-            scalar_t* out = gg + row * OW * 2;
-            for (int64_t i = 0; i < 2 * OW; ++i) out[i] = static_cast<scalar_t>(pairs[i]);
-          }
-        }
-      });
-      return;
-    }
-    // Otherwise two passes: the grid gradient by output rows (all channels at
-    // once), then the input gradient by (image, channel block) tasks that own
-    // their planes. Apart, each skips the other's work.
-    if (gg != nullptr) {
-      at::parallel_for(0, N * OH, std::max<int64_t>(1, 1024 / std::max<int64_t>(OW * C, 1)), [&](int64_t b, int64_t e) {
-        std::vector<T> pairs(2 * OW);
-        for (int64_t row = b; row < e; ++row) {
-          const int64_t n = row / OH, h = row % OH;
-          row_kernel(in + n * s.n, nullptr, s.c, s.y, s.x, C, ax_x, ax_y, gr + row * OW * 2, OW,
-                     g + n * gs.n + h * gs.y, gs.c, gs.x, pairs.data());
-          scalar_t* out = gg + row * OW * 2;
-          for (int64_t i = 0; i < 2 * OW; ++i) out[i] = static_cast<scalar_t>(pairs[i]);
-        }
-      });
-    }
-    if (acc != nullptr) {
-      at::parallel_for(0, N * blocks, 1, [&](int64_t b, int64_t e) {
-        for (int64_t task = b; task < e; ++task) {
-          const int64_t n = task / blocks, c0 = (task % blocks) * block, c1 = std::min(C, c0 + block);
-          zero_planes(n, c0, c1);
-          for (int64_t h = 0; h < OH; ++h)
-            row_kernel(in + n * s.n + c0 * s.c, acc + n * s.n + c0 * s.c, s.c, s.y, s.x, c1 - c0, ax_x, ax_y,
-                       gr + (n * OH + h) * OW * 2, OW, g + n * gs.n + h * gs.y + c0 * gs.c, gs.c, gs.x, nullptr);
-        }
-      });
-    }
+    const GridSource<T, scalar_t> src{gr, OH, OW};
+    bilinear_backward_rows<scalar_t, padding>(grad, input, src, grad_acc, gg != nullptr, align_corners,
+                                              [&](int64_t row, const T* pairs) {
+                                                scalar_t* out = gg + row * OW * 2;
+                                                for (int64_t i = 0; i < 2 * OW; ++i) out[i] = static_cast<scalar_t>(pairs[i]);
+                                              });
     return;
   }
+  check_gradient_layout(grad_acc, input);
+  grad_acc.zero_();
+  T* acc = grad_acc.mutable_data_ptr<T>();
+  const int64_t block = channel_block(N, C);
+  const int64_t blocks = (C + block - 1) / block;
   std::vector<T> partial(blocks > 1 ? blocks * N * P * 2 : 0);
   at::parallel_for(0, N * blocks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
@@ -710,6 +774,125 @@ std::tuple<at::Tensor, at::Tensor> grid_sample_backward_cpu(const at::Tensor& gr
   return {grad_input, grad_grid};
 }
 
+// ---------------------------------------------------------------- affine_grid_sample backward
+
+// The theta gradient of one output row from its grid gradient `pairs`: the row
+// adds sum_w g_x[w] (x_t[w], y_t, 1) to theta's first row and
+// sum_w g_y[w] (x_t[w], y_t, 1) to its second. Summed in double, in point order;
+// rows are then added per image in row order, so the result does not depend
+// on how rows were spread over threads.
+template <typename T>
+void theta_row_sums(const T* pairs, const std::vector<double>& base_x, double y_t, double* sums) {
+  double sx = 0, sxx = 0, sy = 0, syx = 0;
+  for (size_t w = 0; w < base_x.size(); ++w) {
+    const double gx = static_cast<double>(pairs[2 * w]), gy = static_cast<double>(pairs[2 * w + 1]);
+    sx += gx;
+    sxx += gx * base_x[w];
+    sy += gy;
+    syx += gy * base_x[w];
+  }
+  sums[0] = sxx;
+  sums[1] = sx * y_t;
+  sums[2] = sx;
+  sums[3] = syx;
+  sums[4] = sy * y_t;
+  sums[5] = sy;
+}
+
+// The grid F.affine_grid would give, [N, OH, OW, 2] in theta's dtype, computed
+// as the fused forward computes its coordinates (opmath type, then rounded).
+template <typename scalar_t>
+at::Tensor affine_grid_from_theta(const at::Tensor& theta, int64_t OH, int64_t OW, bool align_corners) {
+  using T = at::opmath_type<scalar_t>;
+  const int64_t N = theta.size(0);
+  auto grid = at::empty({N, OH, OW, 2}, theta.options());
+  const AffineSource<T, scalar_t> src{theta.const_data_ptr<scalar_t>(), OH, OW, align_corners};
+  scalar_t* out = grid.mutable_data_ptr<scalar_t>();
+  at::parallel_for(0, N * OH, 64, [&](int64_t b, int64_t e) {
+    for (int64_t row = b; row < e; ++row) {
+      for (int64_t w = 0; w < OW; ++w) {
+        T x, y;
+        src(row / OH, row % OH, w, x, y);
+        out[(row * OW + w) * 2] = static_cast<scalar_t>(x);
+        out[(row * OW + w) * 2 + 1] = static_cast<scalar_t>(y);
+      }
+    }
+  });
+  return grid;
+}
+
+// The backward of the fused affine warp. Bilinear with zeros / border padding
+// (the STN case) never materialises the grid nor its gradient: each output
+// row's coordinates are recomputed from theta and its grid gradient is reduced
+// to theta at once. Other modes materialise the grid and run grid_sample's
+// backward, then reduce its grid gradient the same way.
+std::tuple<at::Tensor, at::Tensor> affine_grid_sample_backward_cpu(const at::Tensor& grad, const at::Tensor& input,
+                                                                   const at::Tensor& theta, int64_t interpolation_mode,
+                                                                   int64_t padding_mode, bool align_corners,
+                                                                   std::array<bool, 2> output_mask) {
+  const char* op = "_affine_grid_sample_backward";
+  check_sampling_input(op, input, interpolation_mode, padding_mode);
+  check_sampling_theta(op, input, theta);
+  check_sampling_output_grad(op, grad, input);
+  const auto interp = static_cast<Interp>(interpolation_mode);
+  const auto padding = static_cast<Padding>(padding_mode);
+  const int64_t N = grad.size(0), OH = grad.size(2), OW = grad.size(3);
+  const auto fmt = memory_format_for(use_channels_last(input));
+  const auto in = input.contiguous(fmt);
+  const auto g = grad.contiguous(fmt);
+  const auto th = theta.contiguous();
+  at::Tensor grad_input = at::empty({0}, input.options());
+  std::vector<double> row_sums(output_mask[1] ? N * OH * 6 : 0, 0.0);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "affine_grid_sample_backward_cpu", [&] {
+    using T = at::opmath_type<scalar_t>;
+    std::vector<double> base_x(OW);
+    for (int64_t w = 0; w < OW; ++w) base_x[w] = static_cast<double>(base_coordinate<T>(w, OW, align_corners));
+    const auto on_row = [&](int64_t row, const T* pairs) {
+      const double y_t = static_cast<double>(base_coordinate<T>(row % OH, OH, align_corners));
+      theta_row_sums(pairs, base_x, y_t, row_sums.data() + row * 6);
+    };
+    if (interp == Interp::Bilinear && padding != Padding::Reflection) {
+      at::Tensor acc;
+      if (output_mask[0]) acc = at::empty(input.sizes(), input.options().dtype(at::toOpMathType(input.scalar_type())), fmt);
+      if (in.numel() != 0 && g.numel() != 0) {
+        const AffineSource<T, scalar_t> src{th.const_data_ptr<scalar_t>(), OH, OW, align_corners};
+        if (padding == Padding::Zeros) {
+          bilinear_backward_rows<scalar_t, Padding::Zeros>(g, in, src, acc, output_mask[1], align_corners, on_row);
+        } else {
+          bilinear_backward_rows<scalar_t, Padding::Border>(g, in, src, acc, output_mask[1], align_corners, on_row);
+        }
+      } else if (acc.defined()) {
+        acc.zero_();
+      }
+      if (output_mask[0]) grad_input = acc.scalar_type() == input.scalar_type() ? acc : acc.to(input.scalar_type());
+      return;
+    }
+    const auto grid = affine_grid_from_theta<scalar_t>(th, OH, OW, align_corners);
+    auto [gi, gg] = grid_sample_backward_cpu(g, in, grid, interpolation_mode, padding_mode, align_corners, output_mask);
+    if (output_mask[0]) grad_input = gi;
+    if (output_mask[1]) {
+      const scalar_t* gp = gg.const_data_ptr<scalar_t>();
+      at::parallel_for(0, N * OH, 64, [&](int64_t b, int64_t e) {
+        std::vector<T> pairs(2 * OW);
+        for (int64_t row = b; row < e; ++row) {
+          for (int64_t i = 0; i < 2 * OW; ++i) pairs[i] = static_cast<T>(gp[row * OW * 2 + i]);
+          on_row(row, pairs.data());
+        }
+      });
+    }
+  });
+  at::Tensor grad_theta = at::empty({0}, theta.options());
+  if (output_mask[1]) {
+    auto sums = at::zeros({N, 2, 3}, theta.options().dtype(at::kDouble));
+    double* out = sums.mutable_data_ptr<double>();
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t h = 0; h < OH; ++h)
+        for (int k = 0; k < 6; ++k) out[n * 6 + k] += row_sums[(n * OH + h) * 6 + k];
+    grad_theta = sums.to(theta.scalar_type());
+  }
+  return {grad_input, grad_theta};
+}
+
 // ---------------------------------------------------------------- TPS grid and its gradients
 
 at::Tensor tps_grid_cpu(const at::Tensor& kernel_weights, const at::Tensor& affine_weights,
@@ -829,6 +1012,7 @@ TORCH_LIBRARY_IMPL(visionops, CPU, m) {
   m.impl("grid_sample", &grid_sample_cpu);
   m.impl("_grid_sample_backward", &grid_sample_backward_cpu);
   m.impl("affine_grid_sample", &affine_grid_sample_cpu);
+  m.impl("_affine_grid_sample_backward", &affine_grid_sample_backward_cpu);
   m.impl("tps_grid", &tps_grid_cpu);
   m.impl("_tps_grid_backward", &tps_grid_backward_cpu);
   m.impl("tps_grid_sample", &tps_grid_sample_cpu);

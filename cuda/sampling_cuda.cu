@@ -424,12 +424,41 @@ std::tuple<at::Tensor, at::Tensor> tps_grid_backward_cuda(const at::Tensor& grad
           sums.narrow(2, 2, 2).contiguous().to(kernel_weights.scalar_type())};
 }
 
+// The fused affine warp's backward on the GPU: the grid is materialised (one
+// small GEMM per image) and given to grid_sample's backward kernels, and its
+// gradient is reduced to theta by a second GEMM. The CPU kernel is fused
+// instead; a fused CUDA version waits for a GPU to measure it on.
+std::tuple<at::Tensor, at::Tensor> affine_grid_sample_backward_cuda(const at::Tensor& grad, const at::Tensor& input,
+                                                                    const at::Tensor& theta, int64_t interpolation_mode,
+                                                                    int64_t padding_mode, bool align_corners,
+                                                                    std::array<bool, 2> output_mask) {
+  const char* op = "_affine_grid_sample_backward";
+  check_sampling_input(op, input, interpolation_mode, padding_mode);
+  check_sampling_theta(op, input, theta);
+  check_sampling_output_grad(op, grad, input);
+  const c10::cuda::CUDAGuard guard(input.device());
+  const int64_t N = grad.size(0), OH = grad.size(2), OW = grad.size(3);
+  // base and grid in float for 16-bit types: the fused forward computes its coordinates in float too
+  const auto acc = at::toOpMathType(theta.scalar_type());
+  const auto base = sampling_base_grid(OH, OW, align_corners, /*ones_first=*/false, theta.options().dtype(acc));
+  const auto grid = at::matmul(base, theta.transpose(1, 2).to(acc)).to(theta.scalar_type()).view({N, OH, OW, 2});
+  auto [grad_input, grad_grid] =
+      grid_sample_backward_cuda(grad, input, grid, interpolation_mode, padding_mode, align_corners, output_mask);
+  at::Tensor grad_theta = at::empty({0}, theta.options());
+  if (output_mask[1]) {
+    // d loss / d theta[n, i, j] = sum over output points p of grad_grid[n, p, i] * base[p, j]
+    grad_theta = at::matmul(grad_grid.reshape({N, OH * OW, 2}).transpose(1, 2).to(acc), base).to(theta.scalar_type());
+  }
+  return {grad_input, grad_theta};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(visionops, CUDA, m) {
   m.impl("grid_sample", &grid_sample_cuda);
   m.impl("_grid_sample_backward", &grid_sample_backward_cuda);
   m.impl("affine_grid_sample", &affine_grid_sample_cuda);
+  m.impl("_affine_grid_sample_backward", &affine_grid_sample_backward_cuda);
   m.impl("tps_grid", &tps_grid_cuda);
   m.impl("_tps_grid_backward", &tps_grid_backward_cuda);
   m.impl("tps_grid_sample", &tps_grid_sample_cuda);

@@ -80,6 +80,31 @@ for pad, cl in itertools.product(["zeros", "border"], [False, True]):
     check(f"grid_sample one-pass grad input {pad, cl}", results[0][0].double(), rx, 1e-4)
     check(f"grid_sample one-pass grad grid {pad, cl}", results[0][1].double(), rg, 1e-4)
 
+# the fused affine warp's backward (coordinates recomputed per row from theta,
+# grid gradient reduced to theta in double): one pass and two passes give
+# bit-identical gradients; against float64 F.affine_grid + F.grid_sample
+for pad, cl, ow in itertools.product(["zeros", "border"], [False, True], [1, 16, 37]):
+    x = torch.randn(3, 2, 9, 13, dtype=torch.float64)
+    if cl:
+        x = x.contiguous(memory_format=torch.channels_last)
+    theta = torch.eye(2, 3, dtype=torch.float64) + 0.4 * torch.randn(3, 2, 3, dtype=torch.float64)
+    go = torch.randn(3, 2, 5, ow, dtype=torch.float64)
+    results = []
+    for threads in (1, 4):
+        torch.set_num_threads(threads)
+        x32, t32 = x.float().requires_grad_(), theta.float().requires_grad_()
+        out = ops.affine_grid_sample(x32, t32, (5, ow), "bilinear", pad)
+        results.append(torch.autograd.grad(out, (x32, t32), go.float()))
+    torch.set_num_threads(threads_default)
+    for one_pass, two_passes in zip(*results):
+        if not torch.equal(one_pass, two_passes):
+            failures.append(f"affine_grid_sample one-pass vs two-pass gradients differ {pad, cl, ow}")
+    xr, tr = x.clone().requires_grad_(), theta.clone().requires_grad_()
+    ref = F.grid_sample(xr, F.affine_grid(tr, [3, 2, 5, ow], align_corners=False), "bilinear", pad, False)
+    rx, rt = torch.autograd.grad(ref, (xr, tr), go)
+    check(f"affine_grid_sample grad input {pad, cl, ow}", results[0][0].double(), rx, 1e-4)
+    check(f"affine_grid_sample grad theta {pad, cl, ow}", results[0][1].double(), rt, 1e-4)
+
 # depthwise convolution: 3x3 and 5x5, strides 1 and 2, both layouts
 for (k, s, hw), cl in itertools.product([(3, 1, 19), (3, 2, 23), (5, 1, 17), (5, 2, 14), (7, 1, 9)], [False, True]):
     x = torch.randn(2, 6, hw, hw + 3, dtype=torch.float64)

@@ -433,6 +433,17 @@ def _affine_grid_sample_fake(input, theta, height, width, interpolation_mode, pa
     return _image_fake(input, height, width)
 
 
+@torch.library.register_fake("visionops::_affine_grid_sample_backward")
+def _affine_grid_sample_backward_fake(grad, input, theta, interpolation_mode, padding_mode, align_corners, output_mask):
+    grad_input = (
+        torch.empty(input.shape, dtype=input.dtype, device=input.device, memory_format=memory_format_of(input))
+        if output_mask[0]
+        else input.new_empty((0,))
+    )
+    grad_theta = torch.empty(theta.shape, dtype=theta.dtype, device=theta.device) if output_mask[1] else theta.new_empty((0,))
+    return grad_input, grad_theta
+
+
 @torch.library.register_fake("visionops::tps_grid")
 def _tps_grid_fake(kernel_weights, affine_weights, target_points, height, width, align_corners):
     return kernel_weights.new_empty((kernel_weights.size(0), height, width, 2))
