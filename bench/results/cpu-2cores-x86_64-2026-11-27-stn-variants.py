@@ -1,5 +1,6 @@
+"""The STN variants tried on 2026-11-27 (README, reference networks): load with
+``python -m visionops train stn-points --task-module <this file>``."""
 import torch
-from torch import nn, Tensor
 from visionops.models import crnn as M
 from visionops.ops.sampling import rare_fiducials
 from visionops.nn.sampling import AffineGridSampler
