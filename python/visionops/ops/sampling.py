@@ -101,7 +101,7 @@ def _base_coordinates(size: int, align_corners: bool, dtype: torch.dtype, device
 
 
 def _base_grid(height: int, width: int, align_corners: bool, dtype, device) -> Tensor:
-    """``[H * W, 3]`` rows ``(x_t, y_t, 1)`` (also built in C++ for the backward: cpp/sampling_autograd.cpp)."""
+    """``[H * W, 3]`` rows ``(x_t, y_t, 1)`` (also built in C++, for the CUDA affine backward and the TPS backward: `sampling_base_grid` in cpp/sampling_cpu.cpp)."""
     xs = _base_coordinates(width, align_corners, dtype, device).view(1, width).expand(height, width)
     ys = _base_coordinates(height, align_corners, dtype, device).view(height, 1).expand(height, width)
     ones = torch.ones(height, width, dtype=dtype, device=device)
