@@ -308,7 +308,8 @@ void dw_backward_cl(const ConvGeometry& g, const at::Tensor& grad, const at::Ten
     const at::Tensor wt = transposed_weight<T>(weight);
     const T* wp = wt.const_data_ptr<T>();
     scalar_t* gin = grad_input->mutable_data_ptr<scalar_t>();
-    const auto kernel = VISIONOPS_CONV_KERNEL_WIDE(dw_grad_input_cl_row, T, scalar_t);
+    const auto kernel = g.sw > 1 ? VISIONOPS_CONV_KERNEL_WIDE(dw_grad_input_cl_row_strided, T, scalar_t)
+                                 : VISIONOPS_CONV_KERNEL_WIDE(dw_grad_input_cl_row, T, scalar_t);
     at::parallel_for(0, g.N * g.H, 1, [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
         const int64_t n = r / g.H, ih = r % g.H;
