@@ -54,13 +54,19 @@ TORCH_LIBRARY(visionops, m) {
   m.def(
       "tps_grid(Tensor kernel_weights, Tensor affine_weights, Tensor target_points, SymInt height, SymInt width, "
       "bool align_corners) -> Tensor");
-  // returns (grad_kernel_weights, grad_target_points); the affine part is a matmul done in Python
+  // returns (grad_kernel_weights, grad_target_points); the affine part is one GEMM (sampling_tps_affine_grad)
   m.def(
       "_tps_grid_backward(Tensor grad_grid, Tensor kernel_weights, Tensor target_points, bool align_corners) "
       "-> (Tensor, Tensor)");
   m.def(
       "tps_grid_sample(Tensor input, Tensor kernel_weights, Tensor affine_weights, Tensor target_points, "
       "SymInt height, SymInt width, int interpolation_mode, int padding_mode, bool align_corners) -> Tensor");
+  // the fused TPS warp's backward: (grad_input, grad_kernel_weights, grad_affine_weights, grad_target_points);
+  // output_mask: (input, the three TPS parameters)
+  m.def(
+      "_tps_grid_sample_backward(Tensor grad, Tensor input, Tensor kernel_weights, Tensor affine_weights, "
+      "Tensor target_points, int interpolation_mode, int padding_mode, bool align_corners, bool[2] output_mask) "
+      "-> (Tensor, Tensor, Tensor, Tensor)");
   // ---- boxes: axis-aligned IoU and NMS (x1, y1, x2, y2); keep indices are int64,
   // in order of decreasing score (ties: lower index first)
   m.def("box_iou(Tensor boxes1, Tensor boxes2) -> Tensor");

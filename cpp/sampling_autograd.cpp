@@ -1,9 +1,9 @@
-// Autograd of the sampling ops. grid_sample's backward op is
-// _grid_sample_backward, given the grid; the fused TPS warp rebuilds its grid
-// once in the backward (its forward never materialises it), runs that op and
-// chains the grid gradient to the TPS parameters; the fused affine warp has
-// its own backward op, _affine_grid_sample_backward, which on the CPU never
-// materialises the grid either.
+// Autograd of the sampling ops. Each has its backward op: grid_sample's
+// _grid_sample_backward takes the grid; the fused affine and TPS warps'
+// _affine_grid_sample_backward / _tps_grid_sample_backward take the warp
+// parameters (on the CPU they never materialise the grid; on CUDA they rebuild
+// it and run grid_sample's kernels); tps_grid's gradient goes through
+// _tps_grid_backward plus one GEMM for the affine part.
 #include "visionops/autograd.h"
 #include "visionops/sampling_ops.h"
 
@@ -25,6 +25,9 @@ using TpsGridSignature = at::Tensor(const at::Tensor&, const at::Tensor&, const 
                                     bool);
 using TpsGridBackwardSignature = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
                                                                      const at::Tensor&, bool);
+using TpsSampleBackwardSignature = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, int64_t,
+    bool, std::array<bool, 2>);
 using TpsSampleSignature = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                       c10::SymInt, c10::SymInt, int64_t, int64_t, bool);
 
@@ -110,15 +113,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> tps_params_grad(const at::Tensor&
   static const auto backward_op = find_op<TpsGridBackwardSignature>("_tps_grid_backward");
   auto [grad_kernel, grad_points] =
       call_backward_op(backward_op, grad_grid, kernel_weights, target_points, align_corners);
-  const auto batch = grad_grid.sym_size(0);
-  const auto height = grad_grid.sym_size(1);
-  const auto width = grad_grid.sym_size(2);
-  // a sum over every output point: 16-bit types are summed in float, as the other TPS gradients (in double)
-  const auto acc = at::toOpMathType(affine_weights.scalar_type());
-  const auto base = sampling_base_grid(height.guard_int(__FILE__, __LINE__), width.guard_int(__FILE__, __LINE__),
-                                       align_corners, /*ones_first=*/true, affine_weights.options().dtype(acc));
-  auto grad_affine = at::matmul(base.t(), grad_grid.reshape_symint({batch, height * width, 2}).to(acc))
-                         .to(affine_weights.scalar_type());
+  auto grad_affine = sampling_tps_affine_grad(grad_grid, align_corners, affine_weights.scalar_type());
   return {grad_kernel, grad_affine, grad_points};
 }
 
@@ -162,8 +157,6 @@ struct TpsGridSampleFunction : torch::autograd::Function<TpsGridSampleFunction> 
                             c10::SymInt width, int64_t interpolation_mode, int64_t padding_mode, bool align_corners) {
     ctx->set_materialize_grads(false);
     ctx->save_for_backward({input, kernel_weights, affine_weights, target_points});
-    ctx->saved_data["height"] = height;
-    ctx->saved_data["width"] = width;
     save_sampling_params(ctx, interpolation_mode, padding_mode, align_corners);
     return call_below_autograd(forward_op(), input, kernel_weights, affine_weights, target_points, std::move(height),
                                std::move(width), interpolation_mode, padding_mode, align_corners);
@@ -172,18 +165,15 @@ struct TpsGridSampleFunction : torch::autograd::Function<TpsGridSampleFunction> 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     auto result = no_grads(9);
     if (!grads[0].defined()) return result;
+    static const auto op = find_op<TpsSampleBackwardSignature>("_tps_grid_sample_backward");
     const auto saved = ctx->get_saved_variables();
-    const bool align_corners = ctx->saved_data["align_corners"].toBool();
     const bool need_params = ctx->needs_input_grad(1) || ctx->needs_input_grad(2) || ctx->needs_input_grad(3);
     const std::array<bool, 2> mask{ctx->needs_input_grad(0), need_params};
-    // the grid is a function of the parameters: rebuilt without recording a graph
-    const auto grid = call_below_autograd(TpsGridFunction::forward_op(), saved[1], saved[2], saved[3], ctx->saved_data["height"].toSymInt(),
-                                          ctx->saved_data["width"].toSymInt(), align_corners);
-    auto [grad_input, grad_grid] = sample_backward(ctx, grads[0], saved[0], grid, mask);
+    auto [grad_input, grad_kernel, grad_affine, grad_points] = call_backward_op(
+        op, grads[0], saved[0], saved[1], saved[2], saved[3], ctx->saved_data["interpolation_mode"].toInt(),
+        ctx->saved_data["padding_mode"].toInt(), ctx->saved_data["align_corners"].toBool(), mask);
     if (mask[0]) result[0] = grad_input;
     if (need_params) {
-      auto [grad_kernel, grad_affine, grad_points] =
-          tps_params_grad(grad_grid, saved[1], saved[2], saved[3], align_corners);
       result[1] = grad_kernel;
       result[2] = grad_affine;
       result[3] = grad_points;
@@ -246,6 +236,7 @@ TORCH_LIBRARY_IMPL(visionops, Autograd, m) {
   m.impl("tps_grid_sample", TORCH_FN(tps_grid_sample_autograd));
   m.impl("_affine_grid_sample_backward", no_double_backward("affine_grid_sample"));
   m.impl("_grid_sample_backward", no_double_backward("grid_sample / affine_grid_sample / tps_grid_sample"));
+  m.impl("_tps_grid_sample_backward", no_double_backward("tps_grid_sample"));
   m.impl("_tps_grid_backward", no_double_backward("tps_grid / tps_grid_sample"));
 }
 

@@ -68,6 +68,14 @@ at::Tensor sampling_base_grid(int64_t height, int64_t width, bool align_corners,
   return at::stack(columns, -1).reshape({height * width, 3});
 }
 
+at::Tensor sampling_tps_affine_grad(const at::Tensor& grad_grid, bool align_corners, at::ScalarType dtype) {
+  const int64_t B = grad_grid.size(0), H = grad_grid.size(1), W = grad_grid.size(2);
+  // a sum over every output point: 16-bit types are summed in float
+  const auto acc = at::toOpMathType(dtype);
+  const auto base = sampling_base_grid(H, W, align_corners, /*ones_first=*/true, grad_grid.options().dtype(acc));
+  return at::matmul(base.t(), grad_grid.reshape({B, H * W, 2}).to(acc)).to(dtype);
+}
+
 void check_sampling_output_grad(const char* op, const at::Tensor& grad, const at::Tensor& input) {
   VISIONOPS_CHECK(grad.dim() == 4 && grad.size(0) == input.size(0) && grad.size(1) == input.size(1), op,
                   ": grad must have shape [", input.size(0), ", ", input.size(1), ", H_out, W_out], got ", grad.sizes());
@@ -1006,6 +1014,151 @@ std::tuple<at::Tensor, at::Tensor> tps_grid_backward_cpu(const at::Tensor& grad_
   return {grad_kw.to(kernel_weights.scalar_type()), grad_tp.to(kernel_weights.scalar_type())};
 }
 
+// ---------------------------------------------------------------- tps_grid_sample backward
+
+// The TPS parameter gradients of one output row (y_t; columns base_x) from its
+// grid gradient `pairs`, summed in point order: sums[0..5] the affine weights
+// ([3, 2] row-major: 1, x_t, y_t times (g_x, g_y)), then per control point k
+// sums[6 + 4k ..] = (kernel weight x, y, target point x, y) as in
+// tps_grid_backward_cpu: sum g U(s) and sum (g . w) U'(s) 2 (c - p).
+template <typename T, typename scalar_t>
+void tps_row_sums(const T* pairs, const std::vector<T>& base_x, T y_t, const scalar_t* kernel_weights,
+                  const scalar_t* target_points, int64_t K, double* sums) {
+  double sx = 0, sy = 0, sxx = 0, syx = 0;
+  for (size_t w = 0; w < base_x.size(); ++w) {
+    const double gx = static_cast<double>(pairs[2 * w]), gy = static_cast<double>(pairs[2 * w + 1]);
+    sx += gx;
+    sy += gy;
+    sxx += gx * static_cast<double>(base_x[w]);
+    syx += gy * static_cast<double>(base_x[w]);
+  }
+  const double yt = static_cast<double>(y_t);
+  const double affine[6] = {sx, sy, sxx, syx, sx * yt, sy * yt};
+  std::copy(affine, affine + 6, sums);
+  double* point_sums = sums + 6;
+  std::fill(point_sums, point_sums + 4 * K, 0.0);
+  const int64_t count = static_cast<int64_t>(base_x.size());
+  if constexpr (std::is_same_v<T, float>) {
+    // vectorised over the row's points (a polynomial logarithm), as tps_grid_backward_cpu
+    const auto point_kernel = VISIONOPS_ISA_KERNEL_WIDE(sampling, tps_control_point_grad, float);
+    for (int64_t k = 0; k < K; ++k) {
+      point_kernel(base_x.data(), y_t, count, pairs, static_cast<float>(target_points[2 * k]),
+                   static_cast<float>(target_points[2 * k + 1]), static_cast<float>(kernel_weights[2 * k]),
+                   static_cast<float>(kernel_weights[2 * k + 1]), point_sums + 4 * k);
+    }
+  } else {
+    for (int64_t k = 0; k < K; ++k) {
+      const T cx = static_cast<T>(target_points[2 * k]), cy = static_cast<T>(target_points[2 * k + 1]);
+      const T wx = static_cast<T>(kernel_weights[2 * k]), wy = static_cast<T>(kernel_weights[2 * k + 1]);
+      double* out = point_sums + 4 * k;
+      for (int64_t w = 0; w < count; ++w) {
+        const T dx = base_x[w] - cx, dy = y_t - cy, sq = dx * dx + dy * dy;
+        const T gx = pairs[2 * w], gy = pairs[2 * w + 1];
+        const T u = tps_radial(sq), f = (gx * wx + gy * wy) * tps_radial_ds(sq) * T(2);
+        out[0] += static_cast<double>(gx * u);
+        out[1] += static_cast<double>(gy * u);
+        out[2] -= static_cast<double>(f * dx);
+        out[3] -= static_cast<double>(f * dy);
+      }
+    }
+  }
+}
+
+// The backward of the fused TPS warp: (grad_input, grad_kernel_weights,
+// grad_affine_weights, grad_target_points). As for the affine warp, bilinear
+// with zeros / border padding (RARE's case) never materialises the grid nor its
+// gradient: each output row's coordinates are recomputed from the TPS and its
+// grid gradient is reduced to the parameters at once, in float32 terms summed
+// in double (16-bit parameters no longer see 16-bit grid-gradient terms).
+// Other modes materialise the grid and run grid_sample's backward. Rows are
+// summed per image in row order: the result does not depend on the threads.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tps_grid_sample_backward_cpu(
+    const at::Tensor& grad, const at::Tensor& input, const at::Tensor& kernel_weights,
+    const at::Tensor& affine_weights, const at::Tensor& target_points, int64_t interpolation_mode,
+    int64_t padding_mode, bool align_corners, std::array<bool, 2> output_mask) {
+  const char* op = "_tps_grid_sample_backward";
+  check_sampling_input(op, input, interpolation_mode, padding_mode);
+  check_tps_params(op, input, kernel_weights, affine_weights, target_points);
+  VISIONOPS_CHECK(kernel_weights.size(0) == input.size(0), op, ": kernel_weights and input must have the same ",
+                  "batch size, got ", kernel_weights.size(0), " and ", input.size(0));
+  check_sampling_output_grad(op, grad, input);
+  const auto interp = static_cast<Interp>(interpolation_mode);
+  const auto padding = static_cast<Padding>(padding_mode);
+  const int64_t N = grad.size(0), OH = grad.size(2), OW = grad.size(3), K = kernel_weights.size(1);
+  const auto fmt = memory_format_for(use_channels_last(input));
+  const auto in = input.contiguous(fmt);
+  const auto g = grad.contiguous(fmt);
+  const auto kw = kernel_weights.contiguous(), aw = affine_weights.contiguous(), tp = target_points.contiguous();
+  const int64_t per_row = 6 + 4 * K;
+  at::Tensor grad_input = at::empty({0}, input.options());
+  std::vector<double> row_sums(output_mask[1] ? N * OH * per_row : 0, 0.0);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "tps_grid_sample_backward_cpu", [&] {
+    using T = at::opmath_type<scalar_t>;
+    std::vector<T> base_x(OW);
+    for (int64_t w = 0; w < OW; ++w) base_x[w] = base_coordinate<T>(w, OW, align_corners);
+    const scalar_t* kwp = kw.const_data_ptr<scalar_t>();
+    const scalar_t* tpp = tp.const_data_ptr<scalar_t>();
+    const auto on_row = [&](int64_t row, const T* pairs) {
+      const int64_t n = row / OH;
+      tps_row_sums(pairs, base_x, base_coordinate<T>(row % OH, OH, align_corners), kwp + n * K * 2, tpp + n * K * 2, K,
+                   row_sums.data() + row * per_row);
+    };
+    if (interp == Interp::Bilinear && padding != Padding::Reflection) {
+      at::Tensor acc;
+      if (output_mask[0]) acc = at::empty(input.sizes(), input.options().dtype(at::toOpMathType(input.scalar_type())), fmt);
+      if (in.numel() != 0 && g.numel() != 0) {
+        const TPSSource<T, scalar_t> src{kwp, aw.const_data_ptr<scalar_t>(), tpp, K, OH, OW, align_corners};
+        if (padding == Padding::Zeros) {
+          bilinear_backward_rows<scalar_t, Padding::Zeros>(g, in, src, acc, output_mask[1], align_corners, on_row);
+        } else {
+          bilinear_backward_rows<scalar_t, Padding::Border>(g, in, src, acc, output_mask[1], align_corners, on_row);
+        }
+      } else if (acc.defined()) {
+        acc.zero_();
+      }
+      if (output_mask[0]) grad_input = acc.scalar_type() == input.scalar_type() ? acc : acc.to(input.scalar_type());
+      return;
+    }
+    const auto grid = tps_grid_cpu(kw, aw, tp, OH, OW, align_corners);
+    auto [gi, gg] = grid_sample_backward_cpu(g, in, grid, interpolation_mode, padding_mode, align_corners, output_mask);
+    if (output_mask[0]) grad_input = gi;
+    if (output_mask[1] && in.numel() != 0) {
+      const scalar_t* gp = gg.const_data_ptr<scalar_t>();
+      at::parallel_for(0, N * OH, 16, [&](int64_t b, int64_t e) {
+        std::vector<T> pairs(2 * OW);
+        for (int64_t row = b; row < e; ++row) {
+          for (int64_t i = 0; i < 2 * OW; ++i) pairs[i] = static_cast<T>(gp[row * OW * 2 + i]);
+          on_row(row, pairs.data());
+        }
+      });
+    }
+  });
+  if (!output_mask[1]) {
+    const auto none = [&] { return at::empty({0}, kernel_weights.options()); };  // three distinct tensors
+    return {grad_input, none(), none(), none()};
+  }
+  auto grad_kw = at::zeros({N, K, 2}, kernel_weights.options().dtype(at::kDouble));
+  auto grad_aw = at::zeros({N, 3, 2}, kernel_weights.options().dtype(at::kDouble));
+  auto grad_tp = at::zeros({N, K, 2}, kernel_weights.options().dtype(at::kDouble));
+  double* gk = grad_kw.mutable_data_ptr<double>();
+  double* ga = grad_aw.mutable_data_ptr<double>();
+  double* gt = grad_tp.mutable_data_ptr<double>();
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t h = 0; h < OH; ++h) {
+      const double* r = row_sums.data() + (n * OH + h) * per_row;
+      for (int i = 0; i < 6; ++i) ga[n * 6 + i] += r[i];
+      for (int64_t k = 0; k < K; ++k) {
+        gk[(n * K + k) * 2] += r[6 + 4 * k];
+        gk[(n * K + k) * 2 + 1] += r[6 + 4 * k + 1];
+        gt[(n * K + k) * 2] += r[6 + 4 * k + 2];
+        gt[(n * K + k) * 2 + 1] += r[6 + 4 * k + 3];
+      }
+    }
+  }
+  const auto dtype = kernel_weights.scalar_type();
+  return {grad_input, grad_kw.to(dtype), grad_aw.to(dtype), grad_tp.to(dtype)};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(visionops, CPU, m) {
@@ -1016,6 +1169,7 @@ TORCH_LIBRARY_IMPL(visionops, CPU, m) {
   m.impl("tps_grid", &tps_grid_cpu);
   m.impl("_tps_grid_backward", &tps_grid_backward_cpu);
   m.impl("tps_grid_sample", &tps_grid_sample_cpu);
+  m.impl("_tps_grid_sample_backward", &tps_grid_sample_backward_cpu);
 }
 
 }  // namespace visionops

@@ -452,6 +452,34 @@ std::tuple<at::Tensor, at::Tensor> affine_grid_sample_backward_cuda(const at::Te
   return {grad_input, grad_theta};
 }
 
+// The fused TPS warp's backward on the GPU: the grid is rebuilt with the
+// tps_grid kernel, grid_sample's backward kernels give the input and grid
+// gradients, and the grid gradient goes to the parameters (tps_grid's backward
+// kernel + one GEMM for the affine part). The CPU kernel is fused instead.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tps_grid_sample_backward_cuda(
+    const at::Tensor& grad, const at::Tensor& input, const at::Tensor& kernel_weights,
+    const at::Tensor& affine_weights, const at::Tensor& target_points, int64_t interpolation_mode,
+    int64_t padding_mode, bool align_corners, std::array<bool, 2> output_mask) {
+  const char* op = "_tps_grid_sample_backward";
+  check_sampling_input(op, input, interpolation_mode, padding_mode);
+  check_tps_params(op, input, kernel_weights, affine_weights, target_points);
+  VISIONOPS_CHECK(kernel_weights.size(0) == input.size(0), op, ": kernel_weights and input must have the same ",
+                  "batch size, got ", kernel_weights.size(0), " and ", input.size(0));
+  check_sampling_output_grad(op, grad, input);
+  const c10::cuda::CUDAGuard guard(input.device());
+  const auto grid = tps_grid_cuda(kernel_weights, affine_weights, target_points, grad.size(2), grad.size(3),
+                                  align_corners);
+  auto [grad_input, grad_grid] =
+      grid_sample_backward_cuda(grad, input, grid, interpolation_mode, padding_mode, align_corners, output_mask);
+  if (!output_mask[1]) {
+    const auto none = [&] { return at::empty({0}, kernel_weights.options()); };  // three distinct tensors
+    return {grad_input, none(), none(), none()};
+  }
+  auto [grad_kernel, grad_points] = tps_grid_backward_cuda(grad_grid, kernel_weights, target_points, align_corners);
+  auto grad_affine = sampling_tps_affine_grad(grad_grid, align_corners, affine_weights.scalar_type());
+  return {grad_input, grad_kernel, grad_affine, grad_points};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(visionops, CUDA, m) {
@@ -462,6 +490,7 @@ TORCH_LIBRARY_IMPL(visionops, CUDA, m) {
   m.impl("tps_grid", &tps_grid_cuda);
   m.impl("_tps_grid_backward", &tps_grid_backward_cuda);
   m.impl("tps_grid_sample", &tps_grid_sample_cuda);
+  m.impl("_tps_grid_sample_backward", &tps_grid_sample_backward_cuda);
 }
 
 }  // namespace visionops

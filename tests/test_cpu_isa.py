@@ -132,8 +132,8 @@ for (k, s, hw), cl in itertools.product([(3, 1, 19), (3, 2, 23), (5, 1, 17), (5,
 from reference.sampling import tps_grid_torch
 
 
-def check_like_torch(what, ours, torch32, ref):
-    bound = 2 * (torch32.double() - ref).abs().max().item() + 1e-6 * max(1.0, ref.abs().max().item())
+def check_like_torch(what, ours, torch32, ref, factor=2):
+    bound = factor * (torch32.double() - ref).abs().max().item() + 1e-6 * max(1.0, ref.abs().max().item())
     err = (ours.double() - ref).abs().max().item()
     if not err <= bound:
         failures.append(f"{what}: max abs diff {err:.3g} > {bound:.3g}")
@@ -164,6 +164,35 @@ for (b, k, oh, ow), ac in itertools.product([(2, 20, 5, 130), (1, 7, 3, 64), (2,
         out = ops.tps_grid_sample(x.float(), *p32, (oh, ow), "bilinear", pad, ac)
         peer = F.grid_sample(x.float(), torch_grid32.detach(), "bilinear", pad, ac)
         check_like_torch(f"tps_grid_sample fwd {pad} {case}", out, peer, F.grid_sample(x, grid64.detach(), "bilinear", pad, ac))
+        # the backward: fused (zeros: coordinates recomputed per row, parameter sums
+        # per row) or through a materialised grid (reflection); one pass (a task
+        # per image, 1 thread) and two passes (4 threads) give identical results.
+        # The image is smooth: a point whose float32 coordinate lands in another
+        # cell than the float64 one changes its grid gradient by the image's
+        # second difference, large on noise, whoever computes it.
+        go = torch.randn_like(out, dtype=torch.float64)
+        yy, xx = torch.meshgrid(torch.arange(9.0), torch.arange(11.0), indexing="ij")
+        smooth = (torch.sin(xx / 3) * torch.cos(yy / 4)).double().expand(b, 2, 9, 11).contiguous()
+        x32, x64, xt = (smooth.float().requires_grad_(), smooth.clone().requires_grad_(), smooth.float().requires_grad_())
+        grads = []
+        for threads in (1, 4):
+            torch.set_num_threads(threads)
+            leaves = [x32] + [t.detach().requires_grad_() for t in p32]
+            grads.append(torch.autograd.grad(ops.tps_grid_sample(*leaves, (oh, ow), "bilinear", pad, ac), leaves,
+                                             go.float()))
+        torch.set_num_threads(threads_default)
+        if not all(torch.equal(u, v) for u, v in zip(*grads)):
+            failures.append(f"tps_grid_sample backward differs between 1 and 4 threads {pad} {case}")
+        l64 = [x64] + [t.detach().requires_grad_() for t in p64]
+        ref = torch.autograd.grad(F.grid_sample(x64, ops.tps_grid(*l64[1:], (oh, ow), ac), "bilinear", pad, ac), l64, go)
+        lt = [xt] + [t.detach().requires_grad_() for t in t32]
+        gpeer = torch.autograd.grad(F.grid_sample(xt, tps_grid_torch(*lt[1:], (oh, ow), ac), "bilinear", pad, ac), lt,
+                                    go.float())
+        for name, ours, peer_grad, r in zip(("input", "kernel_weights", "affine_weights", "target_points"), grads[0],
+                                             gpeer, ref):
+            # sums over many points of terms whose float32 errors follow the coordinates'
+            # (ours: a polynomial logarithm, <= 3 ulp): a looser factor than the forward's
+            check_like_torch(f"tps_grid_sample grad {name} {pad} {case}", ours, peer_grad, r, factor=3)
 
 # RoIPool: channel counts 1, 5, 19 and 37 cover whole and partial 8- and 16-lane vectors; ties and NaNs
 # exercise the first-maximum and first-NaN rules in every lane (values and argmax must equal the oracle)

@@ -23,5 +23,8 @@ void check_output_size(const char* op, int64_t height, int64_t width);
 // ones_first, (1, x_t, y_t) (the TPS affine part).
 at::Tensor sampling_base_grid(int64_t height, int64_t width, bool align_corners, bool ones_first,
                               const at::TensorOptions& options);
+// d loss / d affine_weights [B, 3, 2] of a TPS grid from its gradient [B, H, W, 2]
+// (the affine part is linear in the base grid: one GEMM), in `dtype`.
+at::Tensor sampling_tps_affine_grad(const at::Tensor& grad_grid, bool align_corners, at::ScalarType dtype);
 
 }  // namespace visionops

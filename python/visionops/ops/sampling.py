@@ -444,6 +444,20 @@ def _affine_grid_sample_backward_fake(grad, input, theta, interpolation_mode, pa
     return grad_input, grad_theta
 
 
+@torch.library.register_fake("visionops::_tps_grid_sample_backward")
+def _tps_grid_sample_backward_fake(grad, input, kernel_weights, affine_weights, target_points, interpolation_mode,
+                                   padding_mode, align_corners, output_mask):
+    grad_input = (
+        torch.empty(input.shape, dtype=input.dtype, device=input.device, memory_format=memory_format_of(input))
+        if output_mask[0]
+        else input.new_empty((0,))
+    )
+    if not output_mask[1]:
+        return grad_input, *(kernel_weights.new_empty((0,)) for _ in range(3))
+    return grad_input, *(torch.empty(t.shape, dtype=t.dtype, device=t.device)
+                         for t in (kernel_weights, affine_weights, target_points))
+
+
 @torch.library.register_fake("visionops::tps_grid")
 def _tps_grid_fake(kernel_weights, affine_weights, target_points, height, width, align_corners):
     return kernel_weights.new_empty((kernel_weights.size(0), height, width, 2))
