@@ -782,6 +782,55 @@ std::tuple<at::Tensor, at::Tensor> grid_sample_backward_cpu(const at::Tensor& gr
   return {grad_input, grad_grid};
 }
 
+// ---------------------------------------------------------------- fused warps' backward
+
+// The backward of a fused warp (affine or TPS): returns the input gradient
+// ([0] unless output_mask[0]) and gives each output row's grid gradient, in
+// opmath precision, to on_row(row, pairs) when output_mask[1]. Bilinear with
+// zeros / border padding recomputes each row's coordinates from `src` and
+// never materialises the grid or its gradient; other modes take the grid from
+// make_grid() and run grid_sample's backward. g and in: grad and input in the
+// layout `fmt`.
+template <typename scalar_t, typename Source, typename MakeGridFn, typename OnRow>
+at::Tensor warp_backward(const at::Tensor& g, const at::Tensor& in, const Source& src, const MakeGridFn& make_grid,
+                         int64_t interpolation_mode, int64_t padding_mode, bool align_corners, at::MemoryFormat fmt,
+                         std::array<bool, 2> output_mask, const OnRow& on_row) {
+  using T = at::opmath_type<scalar_t>;
+  const auto interp = static_cast<Interp>(interpolation_mode);
+  const auto padding = static_cast<Padding>(padding_mode);
+  const auto dtype = in.scalar_type();
+  if (interp == Interp::Bilinear && padding != Padding::Reflection) {
+    at::Tensor acc;
+    if (output_mask[0]) acc = at::empty(in.sizes(), in.options().dtype(at::toOpMathType(dtype)), fmt);
+    if (in.numel() != 0 && g.numel() != 0) {
+      if (padding == Padding::Zeros) {
+        bilinear_backward_rows<scalar_t, Padding::Zeros>(g, in, src, acc, output_mask[1], align_corners, on_row);
+      } else {
+        bilinear_backward_rows<scalar_t, Padding::Border>(g, in, src, acc, output_mask[1], align_corners, on_row);
+      }
+    } else if (acc.defined()) {
+      acc.zero_();
+    }
+    if (!output_mask[0]) return at::empty({0}, in.options());
+    return acc.scalar_type() == dtype ? acc : acc.to(dtype);
+  }
+  const at::Tensor grid = make_grid();
+  auto [grad_input, grad_grid] =
+      grid_sample_backward_cpu(g, in, grid, interpolation_mode, padding_mode, align_corners, output_mask);
+  if (output_mask[1] && in.numel() != 0) {
+    const int64_t rows = grid.size(0) * grid.size(1), OW = grid.size(2);
+    const scalar_t* gp = grad_grid.const_data_ptr<scalar_t>();
+    at::parallel_for(0, rows, 16, [&](int64_t b, int64_t e) {
+      std::vector<T> pairs(2 * OW);
+      for (int64_t row = b; row < e; ++row) {
+        for (int64_t i = 0; i < 2 * OW; ++i) pairs[i] = static_cast<T>(gp[row * OW * 2 + i]);
+        on_row(row, pairs.data());
+      }
+    });
+  }
+  return grad_input;
+}
+
 // ---------------------------------------------------------------- affine_grid_sample backward
 
 // The theta gradient of one output row from its grid gradient `pairs`: the row
@@ -842,8 +891,6 @@ std::tuple<at::Tensor, at::Tensor> affine_grid_sample_backward_cpu(const at::Ten
   check_sampling_input(op, input, interpolation_mode, padding_mode);
   check_sampling_theta(op, input, theta);
   check_sampling_output_grad(op, grad, input);
-  const auto interp = static_cast<Interp>(interpolation_mode);
-  const auto padding = static_cast<Padding>(padding_mode);
   const int64_t N = grad.size(0), OH = grad.size(2), OW = grad.size(3);
   const auto fmt = memory_format_for(use_channels_last(input));
   const auto in = input.contiguous(fmt);
@@ -859,35 +906,10 @@ std::tuple<at::Tensor, at::Tensor> affine_grid_sample_backward_cpu(const at::Ten
       const double y_t = static_cast<double>(base_coordinate<T>(row % OH, OH, align_corners));
       theta_row_sums(pairs, base_x, y_t, row_sums.data() + row * 6);
     };
-    if (interp == Interp::Bilinear && padding != Padding::Reflection) {
-      at::Tensor acc;
-      if (output_mask[0]) acc = at::empty(input.sizes(), input.options().dtype(at::toOpMathType(input.scalar_type())), fmt);
-      if (in.numel() != 0 && g.numel() != 0) {
-        const AffineSource<T, scalar_t> src{th.const_data_ptr<scalar_t>(), OH, OW, align_corners};
-        if (padding == Padding::Zeros) {
-          bilinear_backward_rows<scalar_t, Padding::Zeros>(g, in, src, acc, output_mask[1], align_corners, on_row);
-        } else {
-          bilinear_backward_rows<scalar_t, Padding::Border>(g, in, src, acc, output_mask[1], align_corners, on_row);
-        }
-      } else if (acc.defined()) {
-        acc.zero_();
-      }
-      if (output_mask[0]) grad_input = acc.scalar_type() == input.scalar_type() ? acc : acc.to(input.scalar_type());
-      return;
-    }
-    const auto grid = affine_grid_from_theta<scalar_t>(th, OH, OW, align_corners);
-    auto [gi, gg] = grid_sample_backward_cpu(g, in, grid, interpolation_mode, padding_mode, align_corners, output_mask);
-    if (output_mask[0]) grad_input = gi;
-    if (output_mask[1]) {
-      const scalar_t* gp = gg.const_data_ptr<scalar_t>();
-      at::parallel_for(0, N * OH, 64, [&](int64_t b, int64_t e) {
-        std::vector<T> pairs(2 * OW);
-        for (int64_t row = b; row < e; ++row) {
-          for (int64_t i = 0; i < 2 * OW; ++i) pairs[i] = static_cast<T>(gp[row * OW * 2 + i]);
-          on_row(row, pairs.data());
-        }
-      });
-    }
+    const AffineSource<T, scalar_t> src{th.const_data_ptr<scalar_t>(), OH, OW, align_corners};
+    grad_input = warp_backward<scalar_t>(
+        g, in, src, [&] { return affine_grid_from_theta<scalar_t>(th, OH, OW, align_corners); }, interpolation_mode,
+        padding_mode, align_corners, fmt, output_mask, on_row);
   });
   at::Tensor grad_theta = at::empty({0}, theta.options());
   if (output_mask[1]) {
@@ -1084,8 +1106,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tps_grid_sample_backw
   VISIONOPS_CHECK(kernel_weights.size(0) == input.size(0), op, ": kernel_weights and input must have the same ",
                   "batch size, got ", kernel_weights.size(0), " and ", input.size(0));
   check_sampling_output_grad(op, grad, input);
-  const auto interp = static_cast<Interp>(interpolation_mode);
-  const auto padding = static_cast<Padding>(padding_mode);
   const int64_t N = grad.size(0), OH = grad.size(2), OW = grad.size(3), K = kernel_weights.size(1);
   const auto fmt = memory_format_for(use_channels_last(input));
   const auto in = input.contiguous(fmt);
@@ -1105,35 +1125,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tps_grid_sample_backw
       tps_row_sums(pairs, base_x, base_coordinate<T>(row % OH, OH, align_corners), kwp + n * K * 2, tpp + n * K * 2, K,
                    row_sums.data() + row * per_row);
     };
-    if (interp == Interp::Bilinear && padding != Padding::Reflection) {
-      at::Tensor acc;
-      if (output_mask[0]) acc = at::empty(input.sizes(), input.options().dtype(at::toOpMathType(input.scalar_type())), fmt);
-      if (in.numel() != 0 && g.numel() != 0) {
-        const TPSSource<T, scalar_t> src{kwp, aw.const_data_ptr<scalar_t>(), tpp, K, OH, OW, align_corners};
-        if (padding == Padding::Zeros) {
-          bilinear_backward_rows<scalar_t, Padding::Zeros>(g, in, src, acc, output_mask[1], align_corners, on_row);
-        } else {
-          bilinear_backward_rows<scalar_t, Padding::Border>(g, in, src, acc, output_mask[1], align_corners, on_row);
-        }
-      } else if (acc.defined()) {
-        acc.zero_();
-      }
-      if (output_mask[0]) grad_input = acc.scalar_type() == input.scalar_type() ? acc : acc.to(input.scalar_type());
-      return;
-    }
-    const auto grid = tps_grid_cpu(kw, aw, tp, OH, OW, align_corners);
-    auto [gi, gg] = grid_sample_backward_cpu(g, in, grid, interpolation_mode, padding_mode, align_corners, output_mask);
-    if (output_mask[0]) grad_input = gi;
-    if (output_mask[1] && in.numel() != 0) {
-      const scalar_t* gp = gg.const_data_ptr<scalar_t>();
-      at::parallel_for(0, N * OH, 16, [&](int64_t b, int64_t e) {
-        std::vector<T> pairs(2 * OW);
-        for (int64_t row = b; row < e; ++row) {
-          for (int64_t i = 0; i < 2 * OW; ++i) pairs[i] = static_cast<T>(gp[row * OW * 2 + i]);
-          on_row(row, pairs.data());
-        }
-      });
-    }
+    const TPSSource<T, scalar_t> src{kwp, aw.const_data_ptr<scalar_t>(), tpp, K, OH, OW, align_corners};
+    grad_input = warp_backward<scalar_t>(
+        g, in, src, [&] { return tps_grid_cpu(kw, aw, tp, OH, OW, align_corners); }, interpolation_mode,
+        padding_mode, align_corners, fmt, output_mask, on_row);
   });
   if (!output_mask[1]) {
     const auto none = [&] { return at::empty({0}, kernel_weights.options()); };  // three distinct tensors
