@@ -101,6 +101,8 @@ void check_tps_params(const char* op, const at::Tensor& like, const at::Tensor& 
   VISIONOPS_CHECK(kernel_weights.dim() == 3 && kernel_weights.size(2) == 2, op,
               ": kernel_weights must be a tensor [B, K, 2], got shape ", kernel_weights.sizes());
   const int64_t B = kernel_weights.size(0), K = kernel_weights.size(1);
+  VISIONOPS_CHECK(B == like.size(0), op, ": kernel_weights and input must have the same batch size, got ", B, " and ",
+                  like.size(0));
   VISIONOPS_CHECK(affine_weights.dim() == 3 && affine_weights.size(0) == B && affine_weights.size(1) == 3 &&
                   affine_weights.size(2) == 2,
               op, ": affine_weights must be a tensor [", B, ", 3, 2], got shape ", affine_weights.sizes());
@@ -421,8 +423,6 @@ at::Tensor tps_grid_sample_cpu(const at::Tensor& input, const at::Tensor& kernel
                                int64_t width, int64_t interpolation_mode, int64_t padding_mode, bool align_corners) {
   check_sampling_input("tps_grid_sample", input, interpolation_mode, padding_mode);
   check_tps_params("tps_grid_sample", input, kernel_weights, affine_weights, target_points);
-  VISIONOPS_CHECK(kernel_weights.size(0) == input.size(0), "tps_grid_sample: kernel_weights and input must have the same ",
-              "batch size, got ", kernel_weights.size(0), " and ", input.size(0));
   check_output_size("tps_grid_sample", height, width);
   return sample_forward<MakeTPS>(input, height, width, interpolation_mode, padding_mode, align_corners,
                                  "tps_grid_sample_cpu", {kernel_weights, affine_weights, target_points});
@@ -1103,8 +1103,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tps_grid_sample_backw
   const char* op = "_tps_grid_sample_backward";
   check_sampling_input(op, input, interpolation_mode, padding_mode);
   check_tps_params(op, input, kernel_weights, affine_weights, target_points);
-  VISIONOPS_CHECK(kernel_weights.size(0) == input.size(0), op, ": kernel_weights and input must have the same ",
-                  "batch size, got ", kernel_weights.size(0), " and ", input.size(0));
   check_sampling_output_grad(op, grad, input);
   const int64_t N = grad.size(0), OH = grad.size(2), OW = grad.size(3), K = kernel_weights.size(1);
   const auto fmt = memory_format_for(use_channels_last(input));

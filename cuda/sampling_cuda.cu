@@ -122,8 +122,6 @@ at::Tensor tps_grid_sample_cuda(const at::Tensor& input, const at::Tensor& kerne
                                 int64_t width, int64_t interpolation_mode, int64_t padding_mode, bool align_corners) {
   check_sampling_input("tps_grid_sample", input, interpolation_mode, padding_mode);
   check_tps_params("tps_grid_sample", input, kernel_weights, affine_weights, target_points);
-  VISIONOPS_CHECK(kernel_weights.size(0) == input.size(0), "tps_grid_sample: kernel_weights and input must have the same ",
-              "batch size, got ", kernel_weights.size(0), " and ", input.size(0));
   check_output_size("tps_grid_sample", height, width);
   return sample_forward<MakeTPS>(input, height, width, interpolation_mode, padding_mode, align_corners,
                                  "tps_grid_sample_cuda", {kernel_weights, affine_weights, target_points});
@@ -463,8 +461,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tps_grid_sample_backw
   const char* op = "_tps_grid_sample_backward";
   check_sampling_input(op, input, interpolation_mode, padding_mode);
   check_tps_params(op, input, kernel_weights, affine_weights, target_points);
-  VISIONOPS_CHECK(kernel_weights.size(0) == input.size(0), op, ": kernel_weights and input must have the same ",
-                  "batch size, got ", kernel_weights.size(0), " and ", input.size(0));
   check_sampling_output_grad(op, grad, input);
   const c10::cuda::CUDAGuard guard(input.device());
   const auto grid = tps_grid_cuda(kernel_weights, affine_weights, target_points, grad.size(2), grad.size(3),

@@ -14,7 +14,8 @@ void check_sampling_theta(const char* op, const at::Tensor& input, const at::Ten
 // grad of a warp's output: [N, C, H_out, W_out] with input's N, C, device and dtype
 void check_sampling_output_grad(const char* op, const at::Tensor& grad, const at::Tensor& input);
 // kernel_weights [B, K, 2], affine_weights [B, 3, 2], target_points [B, K, 2];
-// `like` gives the dtype and device they must have.
+// `like` (the input, or kernel_weights itself) gives the batch size, dtype and
+// device they must have.
 void check_tps_params(const char* op, const at::Tensor& like, const at::Tensor& kernel_weights,
                       const at::Tensor& affine_weights, const at::Tensor& target_points);
 void check_output_size(const char* op, int64_t height, int64_t width);
