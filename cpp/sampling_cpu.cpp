@@ -69,11 +69,13 @@ at::Tensor sampling_base_grid(int64_t height, int64_t width, bool align_corners,
 }
 
 at::Tensor sampling_tps_affine_grad(const at::Tensor& grad_grid, bool align_corners, at::ScalarType dtype) {
-  const int64_t B = grad_grid.size(0), H = grad_grid.size(1), W = grad_grid.size(2);
+  // symbolic sizes: tps_grid's autograd runs this on fake tensors when torch.compile traces the backward
+  const auto B = grad_grid.sym_size(0), H = grad_grid.sym_size(1), W = grad_grid.sym_size(2);
   // a sum over every output point: 16-bit types are summed in float
   const auto acc = at::toOpMathType(dtype);
-  const auto base = sampling_base_grid(H, W, align_corners, /*ones_first=*/true, grad_grid.options().dtype(acc));
-  return at::matmul(base.t(), grad_grid.reshape({B, H * W, 2}).to(acc)).to(dtype);
+  const auto base = sampling_base_grid(H.guard_int(__FILE__, __LINE__), W.guard_int(__FILE__, __LINE__), align_corners,
+                                       /*ones_first=*/true, grad_grid.options().dtype(acc));
+  return at::matmul(base.t(), grad_grid.reshape_symint({B, H * W, 2}).to(acc)).to(dtype);
 }
 
 void check_sampling_output_grad(const char* op, const at::Tensor& grad, const at::Tensor& input) {

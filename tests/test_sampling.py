@@ -405,6 +405,27 @@ def test_torch_compile_fullgraph(device):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-4)
 
 
+def test_torch_compile_dynamic_batch_gradients():
+    """dynamic=True: the backward is traced with a symbolic batch size, through the
+    fused warps' backward ops (their fake kernels) and tps_grid's C++ autograd
+    (run on fake tensors); three batch sizes, gradients equal to eager."""
+    def f(x, kw, aw, tp):
+        warped = ops.tps_grid_sample(x, kw, aw, tp, (4, 5)) * ops.affine_grid_sample(x, aw.transpose(1, 2), (4, 5))
+        return warped.sum() + ops.tps_grid(kw, aw, tp, (5, 7)).square().sum()
+
+    compiled = torch.compile(f, fullgraph=True, dynamic=True, backend="aot_eager")
+    g = torch.Generator().manual_seed(7)
+    for batch in (2, 3, 4):
+        inputs = (torch.randn(batch, 1, 8, 9, generator=g), 0.1 * torch.randn(batch, 6, 2, generator=g),
+                  torch.randn(batch, 3, 2, generator=g), ops.rare_fiducials(6).expand(batch, 6, 2).contiguous())
+        eager = [t.clone().requires_grad_(True) for t in inputs]
+        traced = [t.clone().requires_grad_(True) for t in inputs]
+        f(*eager).backward()
+        compiled(*traced).backward()
+        for a, b in zip(eager, traced):
+            torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-4)
+
+
 # ---------------------------------------------------------------- determinism, precision, autocast
 
 
