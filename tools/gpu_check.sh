@@ -10,8 +10,14 @@
 #   tools/gpu_check.sh build tests        then, on the warm machine,
 #   tools/gpu_check.sh build bench [family ...]   (the build is then a no-op)
 # Usage: tools/gpu_check.sh [build] [tests] [bench] [family ...]  (no phase: all three)
-# Env: OUT, TEST_TIMEOUT (s, 420), BENCH_TIMEOUT (s per family, 80), PYTEST_EXTRA.
+# Env: OUT, TEST_TIMEOUT (s, 420), BENCH_TIMEOUT (s per family, 80), PYTEST_EXTRA,
+#   BUDGET (s for the whole script, unset: none): with it, the tests get what the build
+#   left minus BENCH_RESERVE (s, 0), and a benchmark starts only while time is left, so
+#   that one device call can hold all three phases and still return its results.
 set -uo pipefail
+script_start=$(date +%s)
+left() { [ -n "${BUDGET:-}" ] && echo $(( BUDGET - ($(date +%s) - script_start) )) || echo 100000; }
+min() { [ "$1" -lt "$2" ] && echo "$1" || echo "$2"; }
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/visionops-gpu}
 R="$OUT/r"
@@ -45,7 +51,9 @@ if has tests; then
   start=$(date +%s)
   # 16 cores: spread the tests (many are CPU-bound hypothesis properties) when pytest-xdist is there
   xdist=$(python3 -c "import xdist" 2>/dev/null && echo "-n 8")
-  timeout "${TEST_TIMEOUT:-420}" python3 -m pytest tests -m cuda -v -rfE -p no:cacheprovider $xdist \
+  test_timeout=$(min "${TEST_TIMEOUT:-420}" $(( $(left) - ${BENCH_RESERVE:-0} )))
+  echo "tests: timeout $test_timeout s" >> "$R/env.txt"
+  timeout "$test_timeout" python3 -m pytest tests -m cuda -v -rfE -p no:cacheprovider $xdist \
     --junitxml="$R/junit.xml" ${PYTEST_EXTRA:-} > "$R/tests.log" 2>&1
   echo "tests: rc $? in $(( $(date +%s) - start )) s" >> "$R/env.txt"
   echo "passed $(grep -c ' PASSED' "$R/tests.log"), failed $(grep -c ' FAILED' "$R/tests.log"), errors $(grep -c ' ERROR' "$R/tests.log")"
@@ -55,8 +63,10 @@ fi
 if has bench; then
   [ ${#families[@]} -gt 0 ] || read -ra families <<< "$(python3 -c "from visionops.benchmarks import FAMILIES; print(' '.join(FAMILIES))")"
   for f in "${families[@]}"; do
+    bench_timeout=$(min "${BENCH_TIMEOUT:-80}" $(( $(left) - 5 )))
+    [ "$bench_timeout" -ge 20 ] || { echo "bench $f: skipped, budget spent" >> "$R/env.txt"; continue; }
     start=$(date +%s)
-    timeout "${BENCH_TIMEOUT:-80}" python3 -m visionops bench --device cuda --family "$f" --out "$R" > "$R/bench-$f.log" 2>&1
+    timeout "$bench_timeout" python3 -m visionops bench --device cuda --family "$f" --out "$R" > "$R/bench-$f.log" 2>&1
     echo "bench $f: rc $? in $(( $(date +%s) - start )) s" >> "$R/env.txt"
     grep "^|" "$R/bench-$f.log"
   done
