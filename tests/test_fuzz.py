@@ -957,3 +957,17 @@ def test_tps_fit_rejects_non_finite_target_points(bad):
     target[2, 0] = bad
     with pytest.raises(ValueError, match="target_points"):
         ops.tps_fit(ops.rare_fiducials(6), target)
+
+
+@pytest.mark.parametrize("call,message", [
+    (lambda other: ops.convert_boxes_to_rois([torch.zeros(1, 4), torch.zeros(1, 4, device=other)]), r"roi_align: boxes\[1\] is on meta"),
+    (lambda other: ops.roi_pool(torch.zeros(1, 1, 4, 4), [torch.zeros(1, 4), torch.zeros(1, 4, device=other)], 2), r"roi_pool: boxes\[1\] is on meta"),
+    (lambda other: ops.convert_rotated_boxes_to_rois([torch.zeros(1, 5, device=other), torch.zeros(1, 5)]), r"rois\[1\] is on cpu but rois\[0\] is on meta"),
+    (lambda other: ops.tps_fit(ops.rare_fiducials(4).to(other), ops.rare_fiducials(4)), r"tps_fit: source_points is on meta"),
+])
+def test_python_helpers_reject_tensors_on_two_devices(call, message):
+    """Found on the H100: per-image box lists and tps_fit's two point sets spread
+    over two devices reached torch.cat, whose error names no argument. The meta
+    device stands in for the GPU so that this runs everywhere."""
+    with pytest.raises(RuntimeError, match=message):
+        call("meta")

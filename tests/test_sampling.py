@@ -674,30 +674,38 @@ def test_cuda_matches_cpu_on_stn_and_rare_sizes(channels_last):
     out_g.backward(g.cuda())
     torch.testing.assert_close(xg.grad.cpu(), xc.grad, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(gg.grad.cpu(), gc.grad, rtol=1e-4, atol=1e-4)
-    # RARE: batch 4, 1 x 64 x 200 input -> 32 x 100, K = 20
-    source, target = random_tps(29, 4, 20, dtype=torch.float32)
-    kw, aw = ops.tps_fit(source, target)
-    img = torch.randn(4, 1, 64, 200)
-    leaves_c = [t.clone().requires_grad_(True) for t in (img, kw, aw, target)]
-    leaves_g = [t.cuda().requires_grad_(True) for t in (img, kw, aw, target)]
+    # RARE: batch 4, 1 x 64 x 200 input -> 32 x 100, K = 20. Both devices are held to
+    # float64 arithmetic on the same float32-rounded inputs. A bilinear sample's
+    # coordinate gradient jumps at pixel boundaries, so on a random image a float32
+    # coordinate rounding that crosses one flips a whole term: the parameter
+    # gradients were 0.02-4% off float64 on the CPU, and an earlier "CUDA within
+    # twice the CPU's error" bound failed on the H100 at 3x. On a smooth image the
+    # jumps are small (those at the zero padding remain): over 30 seeds the CPU's
+    # parameter gradients were at most 3.7e-3 off (relative to the largest entry),
+    # its input gradient 7.3e-4. Both devices get 1e-2 and 2e-3; a wrong or missing
+    # term is off by O(1).
+    yy, xx = torch.meshgrid(torch.arange(64.0), torch.arange(200.0), indexing="ij")
+    img = (0.5 + 0.4 * torch.sin(xx / 9) * torch.cos(yy / 5)).expand(4, 1, 64, 200).contiguous()
+    gen = torch.Generator().manual_seed(29)
+    target = ops.rare_fiducials(20).double().expand(4, 20, 2)
+    kw, aw = ops.tps_fit(target + 0.1 * torch.randn(4, 20, 2, generator=gen, dtype=torch.float64), target)
+    inputs = [t.float() for t in (img, kw, aw, target)]
+    leaves_c = [t.clone().requires_grad_(True) for t in inputs]
+    leaves_g = [t.cuda().requires_grad_(True) for t in inputs]
+    leaves_64 = [t.double().requires_grad_(True) for t in inputs]
     out_c = ops.tps_grid_sample(*leaves_c, (32, 100))
     out_g = ops.tps_grid_sample(*leaves_g, (32, 100))
-    # Random control points make the TPS ill-conditioned: float32 evaluation on
-    # either device is ~5e-3 away from float64 (measured on CPU: 6.7e-3). Both
-    # devices are held to the float64 result, CUDA within twice the CPU's error.
-    leaves_64 = [t.double().requires_grad_(True) for t in (img, *ops.tps_fit(source.double(), target.double()), target.double())]
     out_64 = ops.tps_grid_sample(*leaves_64, (32, 100))
-    err_c = (out_c.double() - out_64).abs().max().item()
-    err_g = (out_g.cpu().double() - out_64).abs().max().item()
-    assert err_g <= 2 * err_c + 1e-4, (err_g, err_c)
-    g = torch.randn_like(out_c)
+    assert (out_c.double() - out_64).abs().max().item() < 1e-3
+    assert (out_g.cpu().double() - out_64).abs().max().item() < 1e-3
+    g = torch.randn(out_c.shape, generator=gen)
     out_c.backward(g)
     out_g.backward(g.cuda())
     out_64.backward(g.double())
-    for a, b, r in zip(leaves_c, leaves_g, leaves_64):
-        gerr_c = (a.grad.double() - r.grad).abs().max().item()
-        gerr_g = (b.grad.cpu().double() - r.grad).abs().max().item()
-        assert gerr_g <= 2 * gerr_c + 1e-3, (gerr_g, gerr_c)
+    for name, a, b, r in zip(("input", "kernel_weights", "affine_weights", "target_points"), leaves_c, leaves_g, leaves_64):
+        bound = (2e-3 if name == "input" else 1e-2) * r.grad.abs().max().item()
+        assert (a.grad.double() - r.grad).abs().max().item() <= bound, name
+        assert (b.grad.cpu().double() - r.grad).abs().max().item() <= bound, name
 
 
 @pytest.mark.cuda

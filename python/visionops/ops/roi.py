@@ -45,6 +45,10 @@ def convert_boxes_to_rois(boxes: BoxesLike, op: str = "roi_align") -> Tensor:
             raise TypeError(f"{op}: boxes[{i}] must be a Tensor[L, 4], got {type(b).__name__}")
         if b.dim() != 2 or b.size(1) != 4:
             raise ValueError(f"{op}: boxes[{i}] must be a Tensor[L, 4] (x1, y1, x2, y2), got shape {tuple(b.shape)}")
+    for i, b in enumerate(boxes[1:], 1):
+        if b.device != boxes[0].device:
+            raise RuntimeError(f"{op}: boxes[{i}] is on {b.device} but boxes[0] is on {boxes[0].device}; "
+                               "all boxes must be on one device")
     coords = torch.cat(list(boxes), dim=0)
     index = torch.cat([torch.full_like(b[:, :1], i) for i, b in enumerate(boxes)], dim=0)
     return torch.cat([index, coords], dim=1)

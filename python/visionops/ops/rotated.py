@@ -201,6 +201,10 @@ def convert_rotated_boxes_to_rois(boxes: RotatedBoxesLike, op: str = "roi_align_
             raise TypeError(f"{op}: rois[{i}] must be a Tensor[L, 5], got {type(b).__name__}")
         if b.dim() != 2 or b.size(1) != 5:
             raise ValueError(f"{op}: rois[{i}] must be a Tensor[L, 5] (cx, cy, w, h, angle), got shape {tuple(b.shape)}")
+    for i, b in enumerate(boxes[1:], 1):
+        if b.device != boxes[0].device:
+            raise RuntimeError(f"{op}: rois[{i}] is on {b.device} but rois[0] is on {boxes[0].device}; "
+                               "all rois must be on one device")
     coords = torch.cat(list(boxes), dim=0)
     index = torch.cat([torch.full_like(b[:, :1], i) for i, b in enumerate(boxes)], dim=0)
     return torch.cat([index, coords], dim=1)

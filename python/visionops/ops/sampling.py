@@ -269,6 +269,11 @@ def tps_fit(source_points: Tensor, target_points: Tensor, regularization: float 
             f"tps_fit: batch sizes of source_points ({source.shape[0]}) and target_points "
             f"({target.shape[0]}) do not match"
         )
+    if source.device != target.device:
+        raise RuntimeError(
+            f"tps_fit: source_points is on {source.device} but target_points is on {target.device}; "
+            "both must be on one device"
+        )
     if regularization < 0:
         raise ValueError(f"tps_fit: regularization must be >= 0, got {regularization}")
     _check_tps_points(target)
