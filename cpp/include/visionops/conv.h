@@ -55,12 +55,19 @@ VISIONOPS_HOST_DEVICE bool activation_blocks(T y, int64_t activation) {
 }
 
 // The output index along one axis that reads input index `in` through tap `t`,
-// or -1 when there is none (the gather form of the input gradient).
-VISIONOPS_HOST_DEVICE int64_t conv_source_output(int64_t in, int64_t t, int64_t pad_begin, int64_t stride,
-                                                 int64_t dilation, int64_t out_size) {
-  const int64_t num = in + pad_begin - t * dilation;
-  if (num < 0 || num % stride != 0) return -1;
-  const int64_t o = num / stride;
+// or -1 when there is none (the gather form of the input gradient). Index is
+// int64_t, or int where the caller has checked that everything fits (the CUDA
+// fast paths: 32-bit division is several times cheaper there).
+template <typename Index>
+VISIONOPS_HOST_DEVICE Index conv_source_output(Index in, Index t, Index pad_begin, Index stride, Index dilation,
+                                               Index out_size) {
+  const Index num = in + pad_begin - t * dilation;
+  if (num < 0) return -1;
+  Index o = num;
+  if (stride != 1) {
+    if (num % stride != 0) return -1;
+    o = num / stride;
+  }
   return o < out_size ? o : -1;
 }
 
