@@ -355,18 +355,23 @@ def test_half_precision_matches_float32(device, dtype, tol, op):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_half_precision_weight_gradient_sums_the_batch_in_float32(device, dtype):
+@pytest.mark.parametrize("kernel,channels_last", [(3, False), (1, False), (1, True)], ids=["3x3", "1x1", "1x1_cl"])
+def test_half_precision_weight_gradient_sums_the_batch_in_float32(device, dtype, kernel, channels_last):
     """The conv2d weight gradient is a sum over the batch. Here the images'
     terms cancel (the same image with gradients of alternating sign, plus a
     small part that survives): had each image's term been rounded to 16 bits
     before the sum, the error would be ~sqrt(64) roundings of the large terms,
-    far above one rounding of the small result that a float32 sum leaves."""
+    far above one rounding of the small result that a float32 sum leaves.
+    1x1: the whole-batch GEMM path of pointwise convolutions."""
     g = torch.Generator().manual_seed(11)
     x = torch.randn(1, 4, 12, 12, generator=g).expand(64, -1, -1, -1).contiguous()
-    w = torch.randn(6, 4, 3, 3, generator=g) / 6
+    w = torch.randn(6, 4, kernel, kernel, generator=g) / 6
+    size = 13 - kernel
     sign = torch.tensor([1.0, -1.0]).repeat(32).view(64, 1, 1, 1)
-    grad = torch.randn(1, 6, 10, 10, generator=g) * sign + 0.01 * torch.randn(64, 6, 10, 10, generator=g)
+    grad = torch.randn(1, 6, size, size, generator=g) * sign + 0.01 * torch.randn(64, 6, size, size, generator=g)
     x, w, grad = (t.to(device=device, dtype=dtype) for t in (x, w, grad))
+    if channels_last:
+        x, grad = x.contiguous(memory_format=torch.channels_last), grad.contiguous(memory_format=torch.channels_last)
     (gw,) = torch.autograd.grad(ops.conv2d(x, w.requires_grad_(True)), w, grad)
     w32 = w.detach().float().requires_grad_(True)
     (ref,) = torch.autograd.grad(ops.conv2d(x.float(), w32), w32, grad.float())
@@ -439,6 +444,38 @@ def test_deterministic_backward_is_bit_identical(device, channels_last, op):
 
 
 # ---------------------------------------------------------------- edge cases and bad input
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "channels_last_input_nchw_grad", "nchw_input_cl_grad"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_pointwise_whole_batch_gemm_matches_torch(device, dtype, layout, bias):
+    """1x1, stride 1, no padding, one group: the forward and gradients run as
+    whole-batch GEMMs (one on the [N*H*W, C] pixel rows for channels_last, a
+    batched one otherwise); results, gradients and layouts as F.conv2d, whatever
+    layout the output gradient comes in."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(3, 5, 6, 9, generator=g, dtype=dtype).to(device)
+    w = torch.randn(7, 5, 1, 1, generator=g, dtype=dtype).to(device)
+    b = torch.randn(7, generator=g, dtype=dtype).to(device) if bias else None
+    grad = torch.randn(3, 7, 6, 9, generator=g, dtype=dtype).to(device)
+    if layout.startswith("channels_last"):
+        x = x.contiguous(memory_format=torch.channels_last)
+    if layout.endswith("cl_grad"):
+        grad = grad.contiguous(memory_format=torch.channels_last)
+    out, ref, grads = run_both(lambda x, w, b: ops.conv2d(x, w, b), lambda x, w, b: F.conv2d(x, w, b), (x, w, b))
+    tol = FP32_TOL if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(out, ref, **tol)
+    assert out.is_contiguous(memory_format=expected_format(x))
+    xs, ws = x.detach().requires_grad_(True), w.detach().requires_grad_(True)
+    gx, gw = torch.autograd.grad(ops.conv2d(xs, ws, b), [xs, ws], grad)
+    rx, rw = torch.autograd.grad(F.conv2d(xs, ws, b), [xs, ws], grad)
+    torch.testing.assert_close(gx, rx, **tol)
+    torch.testing.assert_close(gw, rw, **tol)
+    assert gx.is_contiguous(memory_format=expected_format(x))
+    for ours, theirs in grads:
+        torch.testing.assert_close(ours, theirs, **tol)
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -1,5 +1,6 @@
 """conv family benchmarks: MobileNetV2's depthwise layers and large-kernel
-depthwise convolutions, visionops.ops.depthwise_conv2d against F.conv2d.
+depthwise convolutions, visionops.ops.depthwise_conv2d against F.conv2d, and
+MobileNetV2's pointwise (1x1) layers, visionops.ops.conv2d against F.conv2d.
 
 The peer is "torch's best layout": setup() times F.conv2d on the NCHW and the
 channels_last copy of the input and keeps the faster one, so every ratio is
@@ -20,20 +21,26 @@ PEER = "torch-best-layout"
 # MobileNetV2 (Sandler et al. 2018) depthwise layers: (channels, size) at 224x224
 MOBILENET_V2 = [(32, 112), (144, 56), (192, 28), (576, 14), (960, 7)]
 LARGE_KERNEL = [(144, 56), (384, 28)]
+# its pointwise layers: (in channels, out channels, size), expansions and projections
+POINTWISE = [(24, 144, 56), (144, 24, 56), (96, 576, 14), (960, 160, 7)]
 
 
-def _setup_fn(device, n, c, size, k, stride, backward, channels_last):
+def _setup_fn(device, n, c, size, k, stride, backward, channels_last, out_channels=None):
+    """Depthwise (out_channels None) or pointwise (k 1, one group) convolution."""
+    depthwise = out_channels is None
+    oc = c if depthwise else out_channels
+
     def setup():
         from .. import ops
 
         g = torch.Generator().manual_seed(0)
         x = torch.randn(n, c, size, size, generator=g).to(device)
-        w = (torch.randn(c, 1, k, k, generator=g) / k).to(device)
-        b = torch.randn(c, generator=g).to(device)
+        w = (torch.randn(oc, 1 if depthwise else c, k, k, generator=g) / (k if depthwise else c**0.5)).to(device)
+        b = torch.randn(oc, generator=g).to(device)
         pad = k // 2
         layouts = {False: x, True: x.contiguous(memory_format=torch.channels_last)}
         out_size = (size + 2 * pad - k) // stride + 1
-        grad = torch.randn(n, c, out_size, out_size, generator=g).to(device)
+        grad = torch.randn(n, oc, out_size, out_size, generator=g).to(device)
 
         def make(fn, t):
             if not backward:
@@ -44,10 +51,12 @@ def _setup_fn(device, n, c, size, k, stride, backward, channels_last):
             return lambda: torch.autograd.grad(fn(tg, wg, bg), (tg, wg, bg), gl)
 
         def ours_fn(t, w, b):
-            return ops.depthwise_conv2d(t, w, b, stride, pad)
+            if depthwise:
+                return ops.depthwise_conv2d(t, w, b, stride, pad)
+            return ops.conv2d(t, w, b, stride, pad)
 
         def torch_fn(t, w, b):
-            return F.conv2d(t, w, b, stride, pad, 1, c)
+            return F.conv2d(t, w, b, stride, pad, 1, c if depthwise else 1)
 
         peers = [make(torch_fn, layouts[False]), make(torch_fn, layouts[True])]
         times = [median_time(p, device, min_runs=3, min_seconds=0.05) for p in peers]
@@ -70,6 +79,17 @@ def _case(device, n, c, size, k, stride, backward, channels_last):
     return Case("conv", name, device, PEER, _setup_fn(device, n, c, size, k, stride, backward, channels_last), moved)
 
 
+def _pointwise_case(device, n, c, oc, size, backward, channels_last):
+    # a GEMM: no bandwidth roofline
+    name = (
+        f"pw1x1_n{n}_{c}to{oc}_{size}x{size}"
+        + ("_fwd_bwd" if backward else "_fwd")
+        + ("_channels_last" if channels_last else "")
+    )
+    setup = _setup_fn(device, n, c, size, 1, 1, backward, channels_last, out_channels=oc)
+    return Case("conv", name, device, PEER, setup)
+
+
 def cases(device: str, quick: bool = False) -> list[Case]:
     out = []
     if quick:
@@ -88,4 +108,6 @@ def cases(device: str, quick: bool = False) -> list[Case]:
             for c, size in LARGE_KERNEL:
                 for k in (5, 7, 13):
                     out.append(_case(device, 8, c, size, k, 1, backward, cl))
+            for c, oc, size in POINTWISE:
+                out.append(_pointwise_case(device, 32, c, oc, size, backward, cl))
     return out
