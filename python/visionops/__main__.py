@@ -55,7 +55,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     status = 0
     for device in _devices(args.device):
         markdown, _, md_path, png_path = run_report(
-            families, device, args.quick, args.out, _progress(f"bench {device}")
+            families, device, args.quick, args.out, _progress(f"bench {device}"), getattr(args, "cases", None)
         )
         print(markdown)
         for path in (md_path, png_path):
@@ -208,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="small sizes, for a fast smoke run")
     p.add_argument("--out", default=os.path.join("bench", "results"), help="folder for the .md and .png")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    p.add_argument("--cases", help="only the cases whose name contains this text (e.g. pw1x1)")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("demo", help="check, a short benchmark, then a short CRNN training")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 import platform
 from dataclasses import dataclass
 from typing import Iterable, Optional
@@ -97,10 +98,16 @@ def plot(rows: list[Row], path: str) -> Optional[str]:
 
 
 def run_report(
-    families: list[str], device: str, quick: bool, out_dir: Optional[str], progress_factory=None
+    families: list[str],
+    device: str,
+    quick: bool,
+    out_dir: Optional[str],
+    progress_factory=None,
+    name_filter: Optional[str] = None,
 ) -> tuple[str, list[Row], Optional[str], Optional[str]]:
-    """Runs every case, returns (markdown, rows, markdown path, png path)."""
-    cases = [c for f in families for c in family_cases(f, device, quick)]
+    """Runs every case (whose name contains ``name_filter``, if given), returns
+    (markdown, rows, markdown path, png path)."""
+    cases = [c for f in families for c in family_cases(f, device, quick) if not name_filter or name_filter in c.name]
     progress = progress_factory(total=len(cases)) if progress_factory else None
     rows = run_cases(cases, progress)
     if progress is not None:
@@ -123,6 +130,7 @@ def run_report(
         from . import FAMILIES
 
         scope = "" if sorted(families) == sorted(FAMILIES) else "-" + "-".join(families)
+        scope += f"-{re.sub(r'[^A-Za-z0-9_.]+', '_', name_filter)}" if name_filter else ""
         stem = os.path.join(out_dir, f"{machine}-{date}{scope}{'-quick' if quick else ''}")
         md_path = stem + ".md"
         with open(md_path, "w") as f:
