@@ -430,6 +430,23 @@ def test_sync_batchnorm_ddp_on_two_gpus(tmp_path):
         torch.testing.assert_close(value, r1["state"][name], rtol=1e-5, atol=1e-6, msg=name)
 
 
+@pytest.mark.cuda
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device")
+def test_nccl_sync_batchnorm_on_one_gpu(tmp_path):
+    """The NCCL + SyncBatchNorm path on the one-GPU machines this project is lent:
+    torchrun with one rank on the GPU trains the same model as a plain
+    single-process run (SyncBatchNorm over one rank normalises with that rank's
+    batch, the all-reduce of one rank is the identity), up to the rounding of
+    SyncBatchNorm's own statistics kernels."""
+    _torchrun([WORKER, "toy", str(STEPS), str(tmp_path), "cuda", "1"], nproc=1)
+    distributed = _load(tmp_path / "rank0.pt")
+    assert distributed["world_size"] == 1 and distributed["steps"] == STEPS
+    single = train("toy", device="cuda", max_steps=STEPS, log=None, sync_bn=False)
+    for name, value in single.model.state_dict().items():
+        torch.testing.assert_close(distributed["state"][name], value.cpu(), rtol=1e-3, atol=1e-5, msg=name)
+
+
 def test_progress_false_shows_no_bar_and_bad_schedule_rejected(capsys):
     """progress=False keeps stderr free of the tqdm bar (the learning-rate schedule's
     budget tracking once shadowed that switch), and an unknown schedule is rejected."""
