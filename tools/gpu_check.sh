@@ -5,11 +5,16 @@
 #   tests  the CUDA tests (pytest -m cuda; the CPU tests are CI's), one line per
 #          test in tests.log as they finish, so a timeout still leaves a record
 #   bench  each family's CUDA benchmark report (.md + .png)
+#   large  the >2^31-element tests on CUDA (tests/test_large.py, VISIONOPS_LARGE=1)
+#   sanitize  tools/gpu_sanitize.sh (memcheck) on this build, with what time is left
 # Everything lands in $OUT/results.tgz (the tool returns few files).
-# A device command may run 10 minutes and a session has ~15: run
-#   tools/gpu_check.sh build tests        then, on the warm machine,
-#   tools/gpu_check.sh build bench [family ...]   (the build is then a no-op)
-# Usage: tools/gpu_check.sh [build] [tests] [bench] [family ...]  (no phase: all three)
+# A device command may run 10 minutes and a session has ~15, and a machine left
+# idle for 30 s is given back (a second call then rebuilds from scratch: 4 min):
+# put everything in one call, e.g.
+#   BUDGET=560 tools/gpu_check.sh build tests bench large sanitize conv sampling
+# Phases run in the order build, tests, bench, large, sanitize, each while budget is left.
+# Usage: tools/gpu_check.sh [build] [tests] [bench] [large] [sanitize] [family ...]
+#        (no phase: build tests bench)
 # Env: OUT, TEST_TIMEOUT (s, 420), BENCH_TIMEOUT (s per family, 80), PYTEST_EXTRA,
 #   BUDGET (s for the whole script, unset: none): with it, the tests get what the build
 #   left minus BENCH_RESERVE (s, 0), and a benchmark starts only while time is left, so
@@ -28,7 +33,7 @@ trap pack EXIT
 
 phases=() families=()
 for a in "$@"; do
-  case $a in build|tests|bench) phases+=("$a") ;; *) families+=("$a") ;; esac
+  case $a in build|tests|bench|large|sanitize) phases+=("$a") ;; *) families+=("$a") ;; esac
 done
 [ ${#phases[@]} -gt 0 ] || phases=(build tests bench)
 has() { [[ " ${phases[*]} " == *" $1 "* ]]; }
@@ -70,5 +75,29 @@ if has bench; then
     echo "bench $f: rc $? in $(( $(date +%s) - start )) s" >> "$R/env.txt"
     grep "^|" "$R/bench-$f.log"
   done
+fi
+if has large; then
+  large_timeout=$(min "${LARGE_TIMEOUT:-150}" $(( $(left) - ${LARGE_RESERVE:-0} )))
+  if [ "$large_timeout" -ge 30 ]; then
+    start=$(date +%s)
+    VISIONOPS_LARGE=1 timeout "$large_timeout" python3 -m pytest tests/test_large.py -k cuda -v -rfE \
+      -p no:cacheprovider > "$R/large.log" 2>&1
+    echo "large: rc $? in $(( $(date +%s) - start )) s" >> "$R/env.txt"
+    grep -E "PASSED|FAILED|ERROR|passed|failed" "$R/large.log" | tail -15
+  else
+    echo "large: skipped, budget spent" >> "$R/env.txt"
+  fi
+fi
+
+if has sanitize; then
+  sanitize_timeout=$(min 300 $(( $(left) - 15 )))
+  if [ "$sanitize_timeout" -ge 60 ]; then
+    OUT="$R/sanitize" SKIP_BUILD=1 TOOLS=memcheck MEMCHECK_TIMEOUT="$sanitize_timeout" tools/gpu_sanitize.sh \
+      > "$R/sanitize.log" 2>&1
+    echo "sanitize: rc $?" >> "$R/env.txt"
+    tail -25 "$R/sanitize.log"
+  else
+    echo "sanitize: skipped, budget spent" >> "$R/env.txt"
+  fi
 fi
 cat "$R/env.txt"
