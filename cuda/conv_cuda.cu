@@ -164,7 +164,8 @@ constexpr int kTapBatch = 9;            // a 3x3 kernel in one pass
 constexpr int kMaxGridY = 65535;
 constexpr int64_t kMaxGridX = (int64_t(1) << 31) - 1;
 constexpr int kPlaneBandPositions = 4096;  // NCHW: 16 output positions per thread
-constexpr int kClBandPositions = 512;      // channels_last: 64 per thread and channel
+constexpr int kClBandPositions = 128;      // channels_last: 16 per thread and channel
+constexpr int kSmallPlane = 128;           // NCHW planes up to this size share a block
 
 int ceil_div(int a, int b) { return (a + b - 1) / b; }
 
@@ -182,7 +183,7 @@ struct DwGeom32 {
     const int64_t out_size = g.OH * g.OW * (channels_last ? g.OC : 1);
     return in_size < kLimit && out_size < kLimit && g.C < kLimit && g.OC < kLimit && g.H + g.pt + g.pb < kLimit &&
            g.W + g.pl + g.pr < kLimit && g.sh < kLimit && g.sw < kLimit && g.dh < kLimit && g.dw < kLimit &&
-           g.KH * g.KW < kLimit;
+           g.KH * g.KW * g.OC < kLimit;  // the weight, indexed in 32 bits in the channels_last kernels
   }
   explicit DwGeom32(const ConvGeometry& g)
       : C(int(g.C)), H(int(g.H)), W(int(g.W)), OC(int(g.OC)), OH(int(g.OH)), OW(int(g.OW)), KH(int(g.KH)),
@@ -191,10 +192,13 @@ struct DwGeom32 {
 };
 
 // Sum of one output position over the taps; KH_ = KW_ = 0: sizes at run time.
-// `pixel_stride` is 1 for NCHW planes and C for channels_last images.
+// `pixel_stride` is 1 for NCHW planes and C for channels_last images; `w` is the
+// channel's first tap, `tap_stride` apart (1 in [OC, KH*KW] weights; OC in the
+// [KH*KW, OC] copy the channels_last kernels read, where a warp's 32 channels
+// then load one cache line per tap instead of KH*KW lines).
 template <int KH_, int KW_, typename T, typename scalar_t>
 __device__ __forceinline__ T dw_taps(const scalar_t* __restrict__ in, const scalar_t* __restrict__ w,
-                                     const DwGeom32& g, int ih0, int iw0, int pixel_stride, T acc) {
+                                     const DwGeom32& g, int ih0, int iw0, int pixel_stride, int tap_stride, T acc) {
   const int KH = KH_ > 0 ? KH_ : g.KH, KW = KW_ > 0 ? KW_ : g.KW;
 #pragma unroll
   for (int i = 0; i < KH; ++i) {
@@ -204,38 +208,59 @@ __device__ __forceinline__ T dw_taps(const scalar_t* __restrict__ in, const scal
     for (int j = 0; j < KW; ++j) {
       const int iw = iw0 + j * g.dw;
       if (iw < 0 || iw >= g.W) continue;
-      acc += static_cast<T>(w[i * KW + j]) * static_cast<T>(in[(ih * g.W + iw) * pixel_stride]);
+      acc += static_cast<T>(w[(i * KW + j) * tap_stride]) * static_cast<T>(in[(ih * g.W + iw) * pixel_stride]);
     }
   }
   return acc;
 }
 
+// One output of plane `plane` (= n * OC + oc) of an NCHW depthwise forward.
+template <int KH_, int KW_, typename scalar_t>
+__device__ __forceinline__ void dw_forward_nchw_at(const scalar_t* __restrict__ input,
+                                                   const scalar_t* __restrict__ weight,
+                                                   const scalar_t* __restrict__ bias, scalar_t* __restrict__ output,
+                                                   const DwGeom32& g, int act, int64_t plane, int oh, int ow) {
+  using T = at::opmath_type<scalar_t>;
+  const int64_t n = plane / g.OC;
+  const int oc = int(plane - n * g.OC);
+  const scalar_t* in = input + (n * g.C + oc / g.m) * int64_t(g.H) * g.W;
+  const T b = bias ? static_cast<T>(bias[oc]) : T(0);
+  const T acc = dw_taps<KH_, KW_, T>(in, weight + int64_t(oc) * g.KH * g.KW, g, oh * g.sh - g.pt, ow * g.sw - g.pl, 1,
+                                     1, b);
+  output[plane * int64_t(g.OH) * g.OW + oh * g.OW + ow] = static_cast<scalar_t>(apply_activation(acc, act));
+}
+
+// planes_per_block 1: 32 x 8 tiles of one plane per block (tiles_x tiles across,
+// `tiles` in all); > 1 (planes of at most kSmallPlane positions): the block's
+// threads cover planes_per_block whole planes, so that a 7x7 plane does not
+// leave 207 of 256 threads idle.
 template <typename scalar_t, int KH_, int KW_>
 __global__ void __launch_bounds__(kTileX* kTileY)
     dw_forward_nchw_fast(const scalar_t* __restrict__ input, const scalar_t* __restrict__ weight,
                          const scalar_t* __restrict__ bias, scalar_t* __restrict__ output, DwGeom32 g, int act,
-                         int64_t planes, int tiles_x, int tiles) {
-  using T = at::opmath_type<scalar_t>;
-  for (int64_t plane = blockIdx.x; plane < planes; plane += gridDim.x) {  // plane = n * OC + oc
-    const int64_t n = plane / g.OC;
-    const int oc = int(plane - n * g.OC);
-    const scalar_t* in = input + (n * g.C + oc / g.m) * int64_t(g.H) * g.W;
-    const scalar_t* w = weight + int64_t(oc) * g.KH * g.KW;
-    scalar_t* out = output + plane * int64_t(g.OH) * g.OW;
-    const T b = bias ? static_cast<T>(bias[oc]) : T(0);
+                         int64_t planes, int tiles_x, int tiles, int planes_per_block) {
+  if (planes_per_block > 1) {
+    const int plane_size = g.OH * g.OW, t = int(threadIdx.y) * kTileX + int(threadIdx.x);
+    const int local = t / plane_size, pos = t - local * plane_size, oh = pos / g.OW, ow = pos - oh * g.OW;
+    if (local >= planes_per_block) return;  // no barrier in this kernel
+    for (int64_t plane = int64_t(blockIdx.x) * planes_per_block + local; plane < planes;
+         plane += int64_t(gridDim.x) * planes_per_block) {
+      dw_forward_nchw_at<KH_, KW_>(input, weight, bias, output, g, act, plane, oh, ow);
+    }
+    return;
+  }
+  for (int64_t plane = blockIdx.x; plane < planes; plane += gridDim.x) {
     for (int tile = blockIdx.y; tile < tiles; tile += gridDim.y) {
       const int oh = (tile / tiles_x) * kTileY + int(threadIdx.y);
       const int ow = (tile % tiles_x) * kTileX + int(threadIdx.x);
-      if (oh >= g.OH || ow >= g.OW) continue;
-      const T acc = dw_taps<KH_, KW_, T>(in, w, g, oh * g.sh - g.pt, ow * g.sw - g.pl, 1, b);
-      out[oh * g.OW + ow] = static_cast<scalar_t>(apply_activation(acc, act));
+      if (oh < g.OH && ow < g.OW) dw_forward_nchw_at<KH_, KW_>(input, weight, bias, output, g, act, plane, oh, ow);
     }
   }
 }
 
 template <typename scalar_t, int KH_, int KW_>
 __global__ void __launch_bounds__(kTileX* kTileY)
-    dw_forward_cl_fast(const scalar_t* __restrict__ input, const scalar_t* __restrict__ weight,
+    dw_forward_cl_fast(const scalar_t* __restrict__ input, const scalar_t* __restrict__ weight_taps,
                        const scalar_t* __restrict__ bias, scalar_t* __restrict__ output, DwGeom32 g, int act,
                        int64_t rows, int groups, int tiles) {
   using T = at::opmath_type<scalar_t>;
@@ -249,8 +274,8 @@ __global__ void __launch_bounds__(kTileX* kTileY)
       const int oc = (tile % groups) * kTileX + int(threadIdx.x);
       if (ow >= g.OW || oc >= g.OC) continue;
       const T b = bias ? static_cast<T>(bias[oc]) : T(0);
-      const T acc = dw_taps<KH_, KW_, T>(in + oc / g.m, weight + int64_t(oc) * g.KH * g.KW, g, oh * g.sh - g.pt,
-                                         ow * g.sw - g.pl, g.C, b);
+      const T acc = dw_taps<KH_, KW_, T>(in + oc / g.m, weight_taps + oc, g, oh * g.sh - g.pt, ow * g.sw - g.pl, g.C,
+                                         g.OC, b);
       out[ow * g.OC + oc] = static_cast<scalar_t>(apply_activation(acc, act));
     }
   }
@@ -258,10 +283,11 @@ __global__ void __launch_bounds__(kTileX* kTileY)
 
 // input gradient at (ih, iw) of input channel c: the outputs that read it through
 // each tap, over the channel's m output channels (gather form, no atomics)
+// (weight strides as dw_taps: [OC, KH*KW] for NCHW, the [KH*KW, OC] copy for channels_last)
 template <int KH_, int KW_, typename T, typename scalar_t>
 __device__ __forceinline__ T dw_grad_input_taps(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ weight,
                                                 const DwGeom32& g, int c, int ih, int iw, int64_t channel_stride,
-                                                int pixel_stride) {
+                                                int pixel_stride, int weight_oc_stride, int weight_tap_stride) {
   const int KH = KH_ > 0 ? KH_ : g.KH, KW = KW_ > 0 ? KW_ : g.KW;
   T acc = T(0);
 #pragma unroll
@@ -274,7 +300,7 @@ __device__ __forceinline__ T dw_grad_input_taps(const scalar_t* __restrict__ gra
       if (ow < 0) continue;
       for (int k = 0; k < g.m; ++k) {
         const int oc = c * g.m + k;
-        acc += static_cast<T>(weight[(int64_t(oc) * KH + i) * KW + j]) *
+        acc += static_cast<T>(weight[int64_t(oc) * weight_oc_stride + (i * KW + j) * weight_tap_stride]) *
                static_cast<T>(grad[oc * channel_stride + (oh * g.OW + ow) * pixel_stride]);
       }
     }
@@ -282,29 +308,48 @@ __device__ __forceinline__ T dw_grad_input_taps(const scalar_t* __restrict__ gra
   return acc;
 }
 
+template <int KH_, int KW_, typename scalar_t>
+__device__ __forceinline__ void dw_grad_input_nchw_at(const scalar_t* __restrict__ grad,
+                                                      const scalar_t* __restrict__ weight,
+                                                      scalar_t* __restrict__ grad_input, const DwGeom32& g,
+                                                      int64_t plane, int ih, int iw) {
+  using T = at::opmath_type<scalar_t>;
+  const int64_t out_plane = int64_t(g.OH) * g.OW;
+  const int64_t n = plane / g.C;  // plane = n * C + c
+  const int c = int(plane - n * g.C);
+  const T acc = dw_grad_input_taps<KH_, KW_, T>(grad + n * g.OC * out_plane, weight, g, c, ih, iw, out_plane, 1,
+                                                g.KH * g.KW, 1);
+  grad_input[plane * int64_t(g.H) * g.W + ih * g.W + iw] = static_cast<scalar_t>(acc);
+}
+
+// tiles and planes_per_block as dw_forward_nchw_fast, over input planes
 template <typename scalar_t, int KH_, int KW_>
 __global__ void __launch_bounds__(kTileX* kTileY)
     dw_grad_input_nchw_fast(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ weight,
-                            scalar_t* __restrict__ grad_input, DwGeom32 g, int64_t planes, int tiles_x, int tiles) {
-  using T = at::opmath_type<scalar_t>;
-  const int64_t out_plane = int64_t(g.OH) * g.OW;
-  for (int64_t plane = blockIdx.x; plane < planes; plane += gridDim.x) {  // plane = n * C + c
-    const int64_t n = plane / g.C;
-    const int c = int(plane - n * g.C);
-    const scalar_t* go = grad + n * g.OC * out_plane;
-    scalar_t* gi = grad_input + plane * int64_t(g.H) * g.W;
+                            scalar_t* __restrict__ grad_input, DwGeom32 g, int64_t planes, int tiles_x, int tiles,
+                            int planes_per_block) {
+  if (planes_per_block > 1) {
+    const int plane_size = g.H * g.W, t = int(threadIdx.y) * kTileX + int(threadIdx.x);
+    const int local = t / plane_size, pos = t - local * plane_size, ih = pos / g.W, iw = pos - ih * g.W;
+    if (local >= planes_per_block) return;  // no barrier in this kernel
+    for (int64_t plane = int64_t(blockIdx.x) * planes_per_block + local; plane < planes;
+         plane += int64_t(gridDim.x) * planes_per_block) {
+      dw_grad_input_nchw_at<KH_, KW_>(grad, weight, grad_input, g, plane, ih, iw);
+    }
+    return;
+  }
+  for (int64_t plane = blockIdx.x; plane < planes; plane += gridDim.x) {
     for (int tile = blockIdx.y; tile < tiles; tile += gridDim.y) {
       const int ih = (tile / tiles_x) * kTileY + int(threadIdx.y);
       const int iw = (tile % tiles_x) * kTileX + int(threadIdx.x);
-      if (ih >= g.H || iw >= g.W) continue;
-      gi[ih * g.W + iw] = static_cast<scalar_t>(dw_grad_input_taps<KH_, KW_, T>(go, weight, g, c, ih, iw, out_plane, 1));
+      if (ih < g.H && iw < g.W) dw_grad_input_nchw_at<KH_, KW_>(grad, weight, grad_input, g, plane, ih, iw);
     }
   }
 }
 
 template <typename scalar_t, int KH_, int KW_>
 __global__ void __launch_bounds__(kTileX* kTileY)
-    dw_grad_input_cl_fast(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ weight,
+    dw_grad_input_cl_fast(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ weight_taps,
                           scalar_t* __restrict__ grad_input, DwGeom32 g, int64_t rows, int groups, int tiles) {
   using T = at::opmath_type<scalar_t>;
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {  // row = n * H + ih
@@ -316,7 +361,8 @@ __global__ void __launch_bounds__(kTileX* kTileY)
       const int iw = (tile / groups) * kTileY + int(threadIdx.y);
       const int c = (tile % groups) * kTileX + int(threadIdx.x);
       if (iw >= g.W || c >= g.C) continue;
-      gi[iw * g.C + c] = static_cast<scalar_t>(dw_grad_input_taps<KH_, KW_, T>(go, weight, g, c, ih, iw, 1, g.OC));
+      gi[iw * g.C + c] =
+          static_cast<scalar_t>(dw_grad_input_taps<KH_, KW_, T>(go, weight_taps, g, c, ih, iw, 1, g.OC, 1, g.OC));
     }
   }
 }
@@ -335,9 +381,10 @@ struct DwWeightPlan {
     partial_rows = N * bands;
     weights = int64_t(g.OC) * g.KH * g.KW;
   }
-  // the partial sums must stay small next to the gradient itself
+  // the partial sums must stay moderate next to the gradient itself (a 13x13
+  // kernel on 7x7 planes needs 3.5 times its size)
   bool worth_it(int64_t grad_numel) const {
-    return partial_rows * weights <= std::max<int64_t>(grad_numel, int64_t(1) << 22);
+    return partial_rows * weights <= std::max<int64_t>(4 * grad_numel, int64_t(1) << 24);
   }
 };
 
@@ -346,7 +393,7 @@ struct DwWeightPlan {
 // band's positions; channels_last: one block per (n, band, 32 channels), the 8
 // thread rows over the band's positions.
 template <typename scalar_t, bool kCL>
-__global__ void __launch_bounds__(kTileX* kTileY)
+__global__ void __launch_bounds__(kTileX* kTileY, 1)  // (.., 1): ptxas spilled the accumulators under (256)
     dw_grad_weight_bands(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ input,
                          at::opmath_type<scalar_t>* __restrict__ partial, DwGeom32 g, int64_t blocks, int bands,
                          int band_rows, int groups) {
@@ -433,21 +480,48 @@ __global__ void __launch_bounds__(kTileX* kTileY)
   }
 }
 
-// Stage 2: each weight sums its bands in band order.
+// Stage 2: 32 weights per block; thread row y sums band rows y, y + 8, ... in
+// order, then the 8 row sums are added in order (a fixed tree, whatever the grid).
 template <typename scalar_t>
-__global__ void dw_grad_weight_sum(const at::opmath_type<scalar_t>* __restrict__ partial,
-                                   scalar_t* __restrict__ grad_weight, int64_t weights, int64_t band_count) {
+__global__ void __launch_bounds__(kTileX* kTileY)
+    dw_grad_weight_sum(const at::opmath_type<scalar_t>* __restrict__ partial, scalar_t* __restrict__ grad_weight,
+                       int64_t weights, int64_t rows) {
   using T = at::opmath_type<scalar_t>;
-  VISIONOPS_GRID_STRIDE_LOOP(idx, weights) {
+  __shared__ T row_sums[kTileY][kTileX];
+  const int tx = int(threadIdx.x), ty = int(threadIdx.y);
+  for (int64_t first = int64_t(blockIdx.x) * kTileX; first < weights; first += int64_t(gridDim.x) * kTileX) {
+    const int64_t idx = first + tx;
     T sum = T(0);
-    for (int64_t b = 0; b < band_count; ++b) sum += partial[b * weights + idx];
-    grad_weight[idx] = static_cast<scalar_t>(sum);
+    if (idx < weights) {
+#pragma unroll 4
+      for (int64_t r = ty; r < rows; r += kTileY) sum += partial[r * weights + idx];
+    }
+    row_sums[ty][tx] = sum;
+    __syncthreads();
+    if (ty == 0 && idx < weights) {
+      T total = T(0);
+      for (int y = 0; y < kTileY; ++y) total += row_sums[y][tx];
+      grad_weight[idx] = static_cast<scalar_t>(total);
+    }
+    __syncthreads();
   }
 }
 
 // Host side of the fast paths. `launch(kernel, grid, block, args...)` starts a
 // kernel: on the current stream in this file, emulated on the CPU in
 // tests/emulated_cuda (so the emulation checks these launch shapes too).
+// planes of one block in the NCHW kernels
+int dw_planes_per_block(int plane_size) {
+  return plane_size <= kSmallPlane ? kTileX * kTileY / std::max(1, plane_size) : 1;
+}
+
+// blocks for `planes` planes, planes_per_block at a time, or tiles of each
+dim3 dw_plane_grid(int64_t planes, int planes_per_block, int tiles) {
+  return planes_per_block > 1 ? fast_grid((planes + planes_per_block - 1) / planes_per_block, 1)
+                              : fast_grid(planes, tiles);
+}
+
+// `weight`: [OC, KH*KW] (the op's weight) for NCHW, its [KH*KW, OC] transpose for channels_last
 template <typename scalar_t, typename Launch>
 void dw_forward_fast(const DwGeom32& g, int64_t N, bool channels_last, const scalar_t* input, const scalar_t* weight,
                      const scalar_t* bias, scalar_t* output, int activation, Launch&& launch) {
@@ -459,11 +533,14 @@ void dw_forward_fast(const DwGeom32& g, int64_t N, bool channels_last, const sca
            block, input, weight, bias, output, g, activation, N * g.OH, groups, tiles);
   } else {
     const int tiles_x = ceil_div(g.OW, kTileX), tiles = tiles_x * ceil_div(g.OH, kTileY);
+    const int per_block = dw_planes_per_block(g.OH * g.OW);
     launch(k3x3 ? dw_forward_nchw_fast<scalar_t, 3, 3> : dw_forward_nchw_fast<scalar_t, 0, 0>,
-           fast_grid(N * g.OC, tiles), block, input, weight, bias, output, g, activation, N * g.OC, tiles_x, tiles);
+           dw_plane_grid(N * g.OC, per_block, tiles), block, input, weight, bias, output, g, activation, N * g.OC,
+           tiles_x, tiles, per_block);
   }
 }
 
+// `weight` as for dw_forward_fast
 template <typename scalar_t, typename Launch>
 void dw_grad_input_fast(const DwGeom32& g, int64_t N, bool channels_last, const scalar_t* grad, const scalar_t* weight,
                         scalar_t* grad_input, Launch&& launch) {
@@ -475,8 +552,10 @@ void dw_grad_input_fast(const DwGeom32& g, int64_t N, bool channels_last, const 
            fast_grid(N * g.H, tiles), block, grad, weight, grad_input, g, N * g.H, groups, tiles);
   } else {
     const int tiles_x = ceil_div(g.W, kTileX), tiles = tiles_x * ceil_div(g.H, kTileY);
+    const int per_block = dw_planes_per_block(g.H * g.W);
     launch(k3x3 ? dw_grad_input_nchw_fast<scalar_t, 3, 3> : dw_grad_input_nchw_fast<scalar_t, 0, 0>,
-           fast_grid(N * g.C, tiles), block, grad, weight, grad_input, g, N * g.C, tiles_x, tiles);
+           dw_plane_grid(N * g.C, per_block, tiles), block, grad, weight, grad_input, g, N * g.C, tiles_x, tiles,
+           per_block);
   }
 }
 
@@ -491,7 +570,8 @@ void dw_grad_weight_fast(const DwGeom32& g, int64_t N, bool channels_last, const
   launch(channels_last ? dw_grad_weight_bands<scalar_t, true> : dw_grad_weight_bands<scalar_t, false>, grid,
          dim3(kTileX, kTileY), grad, input, partial, g, blocks, plan.bands, plan.band_rows, groups);
   const at::opmath_type<scalar_t>* sums = partial;
-  launch(dw_grad_weight_sum<scalar_t>, dim3(unsigned(blocks_for(plan.weights))), dim3(kThreads), sums, grad_weight,
+  const int64_t sum_blocks = std::min<int64_t>((plan.weights + kTileX - 1) / kTileX, kMaxGridX);
+  launch(dw_grad_weight_sum<scalar_t>, dim3(unsigned(sum_blocks)), dim3(kTileX, kTileY), sums, grad_weight,
          plan.weights, plan.partial_rows);
 }
 
@@ -520,11 +600,12 @@ at::Tensor depthwise_conv2d_cuda(const at::Tensor& input, const at::Tensor& weig
   const auto b = bias.has_value() ? bias->contiguous() : at::Tensor();
   auto stream = at::cuda::getCurrentCUDAStream();
   const bool fast = DwGeom32::fits(g, cl);
+  const auto w_fast = fast && cl ? w.view({g.OC, g.KH * g.KW}).t().contiguous() : w;  // [KH*KW, OC]
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "depthwise_conv2d_cuda", [&] {
     const scalar_t* bp = bias.has_value() ? b.const_data_ptr<scalar_t>() : nullptr;
     if (fast) {
-      dw_forward_fast<scalar_t>(DwGeom32(g), g.N, cl, in.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), bp,
-                                output.mutable_data_ptr<scalar_t>(), int(activation), launch_on(stream));
+      dw_forward_fast<scalar_t>(DwGeom32(g), g.N, cl, in.const_data_ptr<scalar_t>(), w_fast.const_data_ptr<scalar_t>(),
+                                bp, output.mutable_data_ptr<scalar_t>(), int(activation), launch_on(stream));
     } else if (cl) {
       dw_forward_kernel<scalar_t, true><<<blocks_for(total), kThreads, 0, stream>>>(
           in.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), bp, output.mutable_data_ptr<scalar_t>(), g,
@@ -556,18 +637,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> depthwise_conv2d_backward_cuda(
   at::Tensor gi = output_mask[0] ? at::empty_like(input, fmt) : unwanted_grad(input);
   at::Tensor gw = output_mask[1] ? at::empty_like(weight, at::MemoryFormat::Contiguous) : unwanted_grad(weight);
   at::Tensor gb = output_mask[2] ? conv_bias_grad(go) : unwanted_grad(weight);
-  if (go.numel() == 0 || input.numel() == 0) return {gi, gw, gb};
+  if (go.numel() == 0 || input.numel() == 0) {
+    if (output_mask[1]) gw.zero_();  // no kernel writes it: e.g. N == 0, or a padding-only input
+    return {gi, gw, gb};
+  }
   const auto in = input.contiguous(fmt);
   const auto w = weight.contiguous();
   auto stream = at::cuda::getCurrentCUDAStream();
   const bool fast = DwGeom32::fits(g, cl);
+  const auto w_fast = fast && cl ? w.view({g.OC, g.KH * g.KW}).t().contiguous() : w;  // [KH*KW, OC]
   const DwGeom32 g32(fast ? g : ConvGeometry{});
   const DwWeightPlan plan(g32, g.N, cl);
   const bool fast_weight = fast && plan.worth_it(go.numel());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "depthwise_conv2d_backward_cuda",
                                   [&] {
     if (output_mask[0] && fast) {
-      dw_grad_input_fast<scalar_t>(g32, g.N, cl, go.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
+      dw_grad_input_fast<scalar_t>(g32, g.N, cl, go.const_data_ptr<scalar_t>(), w_fast.const_data_ptr<scalar_t>(),
                                    gi.mutable_data_ptr<scalar_t>(), launch_on(stream));
     } else if (output_mask[0]) {
       const int64_t total = gi.numel();

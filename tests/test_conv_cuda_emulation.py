@@ -37,11 +37,12 @@ def emulated(tmp_path_factory):
     assert section, "the depthwise fast-path markers are missing from cuda/conv_cuda.cu"
     (build / "depthwise_fast_section.inc").write_text(section.group(0) + "\n")
     library = build / "depthwise_fast.so"
-    subprocess.run(
+    built = subprocess.run(
         [COMPILER, "-std=c++20", "-O1", "-pthread", "-shared", "-fPIC", f"-I{ROOT / 'cpp' / 'include'}", f"-I{build}",
          str(ROOT / "tests" / "emulated_cuda" / "depthwise_fast.cpp"), "-o", str(library)],
-        check=True, capture_output=True, text=True,
+        capture_output=True, text=True,
     )
+    assert built.returncode == 0, built.stderr[-4000:]
     lib = ctypes.CDLL(str(library))
     lib.depthwise_fast_emulated.restype = ctypes.c_int
     return lib
@@ -55,7 +56,9 @@ def _run(lib, x, w, b, grad, geom, channels_last, activation, grid_limit, dtype)
 
     n, c, h, wd = x.shape
     oc, kh, kw, oh, ow = geom[4], geom[5], geom[6], geom[7], geom[8]
-    arrays = [prepared(x), np.ascontiguousarray(w.to(dtype).numpy()), np.ascontiguousarray(b.to(dtype).numpy()),
+    # the channels_last kernels read the weight as [KH*KW, OC] (the transpose conv_cuda.cu makes)
+    w_kernel = w.reshape(oc, kh * kw).t() if channels_last else w
+    arrays = [prepared(x), np.ascontiguousarray(w_kernel.to(dtype).numpy()), np.ascontiguousarray(b.to(dtype).numpy()),
               prepared(grad)]
     np_dtype = np.float64 if dtype == torch.float64 else np.float32
     out_shape = (n, oh, ow, oc) if channels_last else (n, oc, oh, ow)
@@ -83,6 +86,10 @@ CASES = [
     (2, 6, 1, 12, 600, 3, 3, (1, 1), (1, 1), (1, 1, 1, 1), False, (4, 3)),  # wide rows: several weight bands
     (1, 3, 3, 70, 9, 7, 7, (1, 2), (2, 1), (3, 3, 3, 3), True, (3, 2)),  # channels_last bands of 56 rows, dilation
     (1, 2, 1, 5, 5, 1, 1, (3, 3), (1, 1), (0, 0, 0, 0), False, (0, 0)),  # 1x1 taps, outputs reading no padding
+    (3, 5, 1, 7, 7, 3, 3, (1, 1), (1, 1), (1, 1, 1, 1), False, (0, 0)),  # small planes: 5 per block, last one partial
+    (2, 3, 2, 11, 10, 5, 5, (2, 2), (1, 1), (2, 2, 2, 2), False, (1, 1)),  # small input and output planes, grid of 1
+    (4, 9, 1, 12, 10, 3, 3, (1, 1), (1, 1), (1, 1, 1, 1), False, (2, 1)),  # 120-position planes: 2 per block
+    (2, 40, 1, 7, 7, 13, 13, (1, 1), (1, 1), (6, 6, 6, 6), True, (0, 0)),  # 13x13 on 7x7, channels_last
 ]
 
 

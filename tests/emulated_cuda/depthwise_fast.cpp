@@ -39,7 +39,7 @@ static int min(int a, int b) { return a < b ? a : b; }
 #define __global__
 #define __device__
 #define __forceinline__ inline
-#define __launch_bounds__(n)
+#define __launch_bounds__(...)
 #define __shared__ static
 #define VISIONOPS_GRID_STRIDE_LOOP(i, n)                                                    \
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < (n); \
