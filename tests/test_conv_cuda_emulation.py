@@ -12,38 +12,17 @@ the real kernels where a GPU is present.)
 from __future__ import annotations
 
 import ctypes
-import os
-import re
-import shutil
-import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
-ROOT = Path(__file__).resolve().parent.parent
-SECTION = re.compile(r"^// -+ depthwise fast paths$.*?^// -+ end of depthwise fast paths$", re.S | re.M)
-COMPILER = shutil.which(os.environ.get("CXX", "g++")) or shutil.which("c++")
+from emulated_cuda.build import build
 
 
 @pytest.fixture(scope="module")
 def emulated(tmp_path_factory):
-    if COMPILER is None:
-        pytest.skip("no C++ compiler to build the CUDA emulation with")
-    build = tmp_path_factory.mktemp("emulated_cuda")
-    section = SECTION.search((ROOT / "cuda" / "conv_cuda.cu").read_text())
-    assert section, "the depthwise fast-path markers are missing from cuda/conv_cuda.cu"
-    (build / "depthwise_fast_section.inc").write_text(section.group(0) + "\n")
-    library = build / "depthwise_fast.so"
-    built = subprocess.run(
-        [COMPILER, "-std=c++20", "-O1", "-pthread", "-shared", "-fPIC", f"-I{ROOT / 'cpp' / 'include'}", f"-I{build}",
-         str(ROOT / "tests" / "emulated_cuda" / "depthwise_fast.cpp"), "-o", str(library)],
-        capture_output=True, text=True,
-    )
-    assert built.returncode == 0, built.stderr[-4000:]
-    lib = ctypes.CDLL(str(library))
+    lib = build(tmp_path_factory.mktemp("emulated_cuda"), "conv_cuda.cu", "depthwise fast paths", "depthwise_fast")
     lib.depthwise_fast_emulated.restype = ctypes.c_int
     return lib
 
