@@ -39,7 +39,7 @@ int64_t blocks_for(int64_t n) { return std::min<int64_t>((n + kThreads - 1) / kT
 
 // The fast recursions keep one extended-label position per thread (up to 1024:
 // targets of up to 511 labels) and their rows in shared memory.
-constexpr int64_t kMaxFastPositions = 1024;
+constexpr int kMaxFastPositions = 1024;
 
 #ifdef VISIONOPS_CUDA_EMULATION
 unsigned char* dynamic_shared_memory();  // the emulator's
@@ -151,8 +151,9 @@ __global__ void ctc_alpha_kernel(const scalar_t* __restrict__ log_probs, TargetL
 // ran at 0.50x of torch at T = 1000, N = 8 on an H100). The rows still go to
 // log_alpha for the backward. Shared: 2 rows of blockDim.x acc_t, then the
 // sample's labels (int64).
+// (__launch_bounds__: at 1024 threads a block may use at most 64 registers per thread)
 template <typename scalar_t, typename acc_t>
-__global__ void ctc_alpha_fast_kernel(const scalar_t* __restrict__ log_probs, TargetLayout lay, acc_t* log_alpha,
+__global__ void __launch_bounds__(kMaxFastPositions) ctc_alpha_fast_kernel(const scalar_t* __restrict__ log_probs, TargetLayout lay, acc_t* log_alpha,
                                       scalar_t* nll, int64_t N, int64_t Sp, bool zero_infinity) {
   const int64_t b = blockIdx.x;
   const int64_t T = lay.max_time, C = lay.num_classes, blank = lay.blank;
@@ -340,7 +341,7 @@ __global__ void ctc_occupancy_grad_kernel(const scalar_t* __restrict__ log_probs
 // (earlier) step are loaded while this one computes. Shared: 3 rows of
 // blockDim.x acc_t, 2 of int, then the labels (int64).
 template <typename scalar_t, typename acc_t>
-__global__ void ctc_occupancy_grad_fast_kernel(const scalar_t* __restrict__ log_probs,
+__global__ void __launch_bounds__(kMaxFastPositions) ctc_occupancy_grad_fast_kernel(const scalar_t* __restrict__ log_probs,
                                                const scalar_t* __restrict__ grad, TargetLayout lay,
                                                const acc_t* __restrict__ log_alpha, const acc_t* __restrict__ nll_all,
                                                scalar_t* out, int64_t N, int64_t Sp) {
