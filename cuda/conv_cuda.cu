@@ -166,6 +166,7 @@ constexpr int64_t kMaxGridX = (int64_t(1) << 31) - 1;
 constexpr int kPlaneBandPositions = 4096;  // NCHW: 16 output positions per thread
 constexpr int kClBandPositions = 128;      // channels_last: 16 per thread and channel
 constexpr int kSmallPlane = 128;           // NCHW planes up to this size share a block
+static_assert(kPlaneBandPositions >= kSmallPlane, "a small plane must be one weight-gradient band");
 
 int ceil_div(int a, int b) { return (a + b - 1) / b; }
 
@@ -388,6 +389,55 @@ struct DwWeightPlan {
   }
 };
 
+// Stage 1 for NCHW planes of at most kSmallPlane positions (one band each): one
+// warp per plane, eight planes per block, lanes over the positions and a warp
+// shuffle per tap (a whole 256-thread block per 7x7 plane left 207 threads idle
+// and paid block-wide reductions for 49 products). partial[plane][tap].
+template <typename scalar_t>
+__global__ void __launch_bounds__(kTileX* kTileY)
+    dw_grad_weight_small_planes(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ input,
+                                at::opmath_type<scalar_t>* __restrict__ partial, DwGeom32 g, int64_t planes) {
+  using T = at::opmath_type<scalar_t>;
+  const int lane = int(threadIdx.x), KK = g.KH * g.KW, plane_size = g.OH * g.OW;
+  // a warp's trip count is the same for its 32 lanes, so every shuffle has them all
+  for (int64_t plane = int64_t(blockIdx.x) * kTileY + threadIdx.y; plane < planes;
+       plane += int64_t(gridDim.x) * kTileY) {  // plane = n * OC + oc
+    const int64_t n = plane / g.OC;
+    const int oc = int(plane - n * g.OC);
+    const scalar_t* go = grad + plane * int64_t(plane_size);
+    const scalar_t* in = input + (n * g.C + oc / g.m) * int64_t(g.H) * g.W;
+    for (int t0 = 0; t0 < KK; t0 += kTapBatch) {
+      int tap_h[kTapBatch], tap_w[kTapBatch];
+#pragma unroll
+      for (int u = 0; u < kTapBatch; ++u) {
+        const int t = min(t0 + u, KK - 1);
+        tap_h[u] = (t / g.KW) * g.dh;
+        tap_w[u] = (t % g.KW) * g.dw;
+      }
+      T acc[kTapBatch];
+#pragma unroll
+      for (int u = 0; u < kTapBatch; ++u) acc[u] = T(0);
+      for (int p = lane; p < plane_size; p += kTileX) {
+        const int oh = p / g.OW, ow = p - oh * g.OW;
+        const T gv = static_cast<T>(go[p]);
+        const int ih0 = oh * g.sh - g.pt, iw0 = ow * g.sw - g.pl;
+#pragma unroll
+        for (int u = 0; u < kTapBatch; ++u) {
+          const int ih = ih0 + tap_h[u], iw = iw0 + tap_w[u];
+          if (t0 + u < KK && ih >= 0 && ih < g.H && iw >= 0 && iw < g.W)
+            acc[u] += gv * static_cast<T>(in[ih * g.W + iw]);
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < kTapBatch; ++u) {
+        T v = acc[u];
+        for (int offset = kTileX / 2; offset > 0; offset /= 2) v += __shfl_down_sync(0xffffffffu, v, offset);
+        if (lane == 0 && t0 + u < KK) partial[plane * KK + t0 + u] = v;
+      }
+    }
+  }
+}
+
 // Stage 1 of the weight gradient: partial[band_index][oc][tap], band_index =
 // n * bands + band. NCHW: one block per (n, oc, band), 32 x 8 threads over the
 // band's positions; channels_last: one block per (n, band, 32 channels), the 8
@@ -565,10 +615,17 @@ void dw_grad_weight_fast(const DwGeom32& g, int64_t N, bool channels_last, const
                          const scalar_t* grad, const scalar_t* input, at::opmath_type<scalar_t>* partial,
                          scalar_t* grad_weight, Launch&& launch) {
   const int groups = ceil_div(g.OC, kTileX);
-  const int64_t blocks = channels_last ? N * plan.bands * groups : N * g.OC * plan.bands;
-  const dim3 grid(unsigned(std::min<int64_t>(blocks, kMaxGridX)));
-  launch(channels_last ? dw_grad_weight_bands<scalar_t, true> : dw_grad_weight_bands<scalar_t, false>, grid,
-         dim3(kTileX, kTileY), grad, input, partial, g, blocks, plan.bands, plan.band_rows, groups);
+  if (!channels_last && g.OH * g.OW <= kSmallPlane) {  // one band per plane (kPlaneBandPositions >= kSmallPlane)
+    const int64_t planes = N * g.OC;
+    launch(dw_grad_weight_small_planes<scalar_t>, dim3(unsigned(std::min<int64_t>((planes + kTileY - 1) / kTileY,
+                                                                                    kMaxGridX))),
+           dim3(kTileX, kTileY), grad, input, partial, g, planes);
+  } else {
+    const int64_t blocks = channels_last ? N * plan.bands * groups : N * g.OC * plan.bands;
+    const dim3 grid(unsigned(std::min<int64_t>(blocks, kMaxGridX)));
+    launch(channels_last ? dw_grad_weight_bands<scalar_t, true> : dw_grad_weight_bands<scalar_t, false>, grid,
+           dim3(kTileX, kTileY), grad, input, partial, g, blocks, plan.bands, plan.band_rows, groups);
+  }
   const at::opmath_type<scalar_t>* sums = partial;
   const int64_t sum_blocks = std::min<int64_t>((plan.weights + kTileX - 1) / kTileX, kMaxGridX);
   launch(dw_grad_weight_sum<scalar_t>, dim3(unsigned(sum_blocks)), dim3(kTileX, kTileY), sums, grad_weight,

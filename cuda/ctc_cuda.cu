@@ -340,8 +340,9 @@ __global__ void ctc_occupancy_grad_kernel(const scalar_t* __restrict__ log_probs
 // chains and the labels in shared memory; the log-prob and alpha of the next
 // (earlier) step are loaded while this one computes. Shared: 3 rows of
 // blockDim.x acc_t, 2 of int, then the labels (int64).
+// (launch bounds (1024, 1): under (1024) ptxas squeezed float to 32 registers and spilled)
 template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kMaxFastPositions) ctc_occupancy_grad_fast_kernel(const scalar_t* __restrict__ log_probs,
+__global__ void __launch_bounds__(kMaxFastPositions, 1) ctc_occupancy_grad_fast_kernel(const scalar_t* __restrict__ log_probs,
                                                const scalar_t* __restrict__ grad, TargetLayout lay,
                                                const acc_t* __restrict__ log_alpha, const acc_t* __restrict__ nll_all,
                                                scalar_t* out, int64_t N, int64_t Sp) {

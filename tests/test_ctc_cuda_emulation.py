@@ -104,3 +104,33 @@ def test_emulated_kernels_match_the_cpu_op(emulated, case, dtype):
     assert torch.isfinite(ref).all()
     torch.testing.assert_close(nll.double(), ref.detach(), **tol)
     torch.testing.assert_close(grad_lp.double(), ref_grad, **tol)
+
+
+def test_emulated_kernels_on_edge_lengths_and_invalid_samples(emulated):
+    """Empty inputs (T_b = 0), one step, empty targets, and a sample whose label
+    equals blank: the CPU op raises for that one, the CUDA kernels cannot check it
+    without a sync and give it a NaN loss and NaN gradient rows; the other
+    samples are unaffected."""
+    T, N, C = 6, 6, 5
+    g = torch.Generator().manual_seed(7)
+    log_probs = torch.randn(T, N, C, generator=g, dtype=torch.float64).log_softmax(-1)
+    targets = torch.tensor([[1, 2, 3], [1, 2, 3], [4, 4, 4], [2, 1, 1], [3, 4, 1], [1, 0, 2]])
+    input_lengths = torch.tensor([6, 0, 1, 3, 0, 6])
+    target_lengths = torch.tensor([3, 0, 0, 1, 2, 3])  # sample 4: no input, a target (inf); sample 5: label 0 = blank
+    offsets = torch.arange(N) * 3
+    grad = torch.randn(N, generator=g, dtype=torch.float64)
+    for zero_infinity in (False, True):
+        fast, nll, grad_lp = _emulate(emulated, log_probs, targets, input_lengths, target_lengths, offsets, 0,
+                                      zero_infinity, grad)
+        assert fast
+        assert torch.isnan(nll[5]) and torch.isnan(grad_lp[:, 5]).all()
+        lp = log_probs[:, :5].clone().requires_grad_(True)
+        ref = ops.ctc_loss(lp, targets[:5], input_lengths[:5], target_lengths[:5], 0, "none", zero_infinity)
+        (ref_grad,) = torch.autograd.grad((ref * grad[:5]).nan_to_num().sum(), lp)
+        torch.testing.assert_close(nll[:5], ref.detach(), rtol=1e-11, atol=1e-9)
+        assert torch.isinf(nll[4]) != zero_infinity
+        assert (grad_lp[:, 4] == 0).all()  # no input steps: nothing to differentiate, finite loss or not
+        finite = torch.isfinite(ref).tolist()
+        for b in range(5):
+            if finite[b]:  # an infinite loss has NaN gradient rows on both, torch's convention
+                torch.testing.assert_close(grad_lp[:, b], ref_grad[:, b], rtol=1e-11, atol=1e-9)
