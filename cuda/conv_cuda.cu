@@ -389,6 +389,37 @@ struct DwWeightPlan {
   }
 };
 
+// Taps first .. first + count - 1 (at most kTapBatch) of the weight gradient:
+// their input offsets from an output's first input pixel, and one register
+// accumulator each.
+template <typename T>
+struct DwTapBatch {
+  int first, count;
+  int dh[kTapBatch], dw[kTapBatch];
+  T acc[kTapBatch];
+
+  __device__ __forceinline__ DwTapBatch(const DwGeom32& g, int t0) : first(t0), count(min(kTapBatch, g.KH * g.KW - t0)) {
+#pragma unroll
+    for (int u = 0; u < kTapBatch; ++u) {
+      const int t = min(t0 + u, g.KH * g.KW - 1);
+      dh[u] = (t / g.KW) * g.dh;
+      dw[u] = (t % g.KW) * g.dw;
+      acc[u] = T(0);
+    }
+  }
+  // adds gv times the input under each tap of the output reading from (ih0, iw0)
+  template <typename scalar_t>
+  __device__ __forceinline__ void add(T gv, const scalar_t* __restrict__ in, const DwGeom32& g, int ih0, int iw0,
+                                      int pixel_stride) {
+#pragma unroll
+    for (int u = 0; u < kTapBatch; ++u) {
+      const int ih = ih0 + dh[u], iw = iw0 + dw[u];
+      if (u < count && ih >= 0 && ih < g.H && iw >= 0 && iw < g.W)
+        acc[u] += gv * static_cast<T>(in[(ih * g.W + iw) * pixel_stride]);
+    }
+  }
+};
+
 // Stage 1 for NCHW planes of at most kSmallPlane positions (one band each): one
 // warp per plane, eight planes per block, lanes over the positions and a warp
 // shuffle per tap (a whole 256-thread block per 7x7 plane left 207 threads idle
@@ -407,32 +438,16 @@ __global__ void __launch_bounds__(kTileX* kTileY)
     const scalar_t* go = grad + plane * int64_t(plane_size);
     const scalar_t* in = input + (n * g.C + oc / g.m) * int64_t(g.H) * g.W;
     for (int t0 = 0; t0 < KK; t0 += kTapBatch) {
-      int tap_h[kTapBatch], tap_w[kTapBatch];
-#pragma unroll
-      for (int u = 0; u < kTapBatch; ++u) {
-        const int t = min(t0 + u, KK - 1);
-        tap_h[u] = (t / g.KW) * g.dh;
-        tap_w[u] = (t % g.KW) * g.dw;
-      }
-      T acc[kTapBatch];
-#pragma unroll
-      for (int u = 0; u < kTapBatch; ++u) acc[u] = T(0);
+      DwTapBatch<T> taps(g, t0);
       for (int p = lane; p < plane_size; p += kTileX) {
         const int oh = p / g.OW, ow = p - oh * g.OW;
-        const T gv = static_cast<T>(go[p]);
-        const int ih0 = oh * g.sh - g.pt, iw0 = ow * g.sw - g.pl;
-#pragma unroll
-        for (int u = 0; u < kTapBatch; ++u) {
-          const int ih = ih0 + tap_h[u], iw = iw0 + tap_w[u];
-          if (t0 + u < KK && ih >= 0 && ih < g.H && iw >= 0 && iw < g.W)
-            acc[u] += gv * static_cast<T>(in[ih * g.W + iw]);
-        }
+        taps.add(static_cast<T>(go[p]), in, g, oh * g.sh - g.pt, ow * g.sw - g.pl, 1);
       }
 #pragma unroll
       for (int u = 0; u < kTapBatch; ++u) {
-        T v = acc[u];
+        T v = taps.acc[u];
         for (int offset = kTileX / 2; offset > 0; offset /= 2) v += __shfl_down_sync(0xffffffffu, v, offset);
-        if (lane == 0 && t0 + u < KK) partial[plane * KK + t0 + u] = v;
+        if (lane == 0 && u < taps.count) partial[plane * KK + t0 + u] = v;
       }
     }
   }
@@ -479,38 +494,22 @@ __global__ void __launch_bounds__(kTileX* kTileY, 1)  // (.., 1): ptxas spilled 
     const int row_first = row_begin + (kCL ? 0 : ty), col_first = kCL ? ty : tx;
     const int go_pixel = kCL ? g.OC : 1, in_pixel = kCL ? g.C : 1;
     for (int t0 = 0; t0 < KK; t0 += kTapBatch) {
-      int tap_h[kTapBatch], tap_w[kTapBatch];
-#pragma unroll
-      for (int u = 0; u < kTapBatch; ++u) {
-        const int t = min(t0 + u, KK - 1);
-        tap_h[u] = (t / g.KW) * g.dh;
-        tap_w[u] = (t % g.KW) * g.dw;
-      }
-      T acc[kTapBatch];
-#pragma unroll
-      for (int u = 0; u < kTapBatch; ++u) acc[u] = T(0);
+      DwTapBatch<T> taps(g, t0);
       if (active) {
         for (int oh = row_first; oh < row_end; oh += row_step) {
-          const int ih0 = oh * g.sh - g.pt;
           for (int ow = col_first; ow < g.OW; ow += col_step) {
-            const T gv = static_cast<T>(go[(oh * g.OW + ow) * go_pixel]);
-            const int iw0 = ow * g.sw - g.pl;
-#pragma unroll
-            for (int u = 0; u < kTapBatch; ++u) {
-              const int ih = ih0 + tap_h[u], iw = iw0 + tap_w[u];
-              if (t0 + u < KK && ih >= 0 && ih < g.H && iw >= 0 && iw < g.W)
-                acc[u] += gv * static_cast<T>(in[(ih * g.W + iw) * in_pixel]);
-            }
+            taps.add(static_cast<T>(go[(oh * g.OW + ow) * go_pixel]), in, g, oh * g.sh - g.pt, ow * g.sw - g.pl,
+                     in_pixel);
           }
         }
       }
       if (kCL) {
 #pragma unroll
-        for (int u = 0; u < kTapBatch; ++u) shared[ty][u][tx] = acc[u];
+        for (int u = 0; u < kTapBatch; ++u) shared[ty][u][tx] = taps.acc[u];
       } else {
 #pragma unroll
         for (int u = 0; u < kTapBatch; ++u) {
-          T v = acc[u];
+          T v = taps.acc[u];
           for (int offset = kTileX / 2; offset > 0; offset /= 2) v += __shfl_down_sync(0xffffffffu, v, offset);
           if (tx == 0) shared[ty][u][0] = v;
         }

@@ -81,6 +81,26 @@ __device__ bool sample_valid(const TargetLayout& lay, int64_t b, int64_t& Tb, in
   return true;
 }
 
+// The forward's start for sample b: false (after writing its loss) when there is
+// nothing to run: an invalid sample (NaN) or no input steps (0, or +inf for a
+// non-empty target unless zero_infinity). Every thread gets the same answer,
+// so the kernels' early returns are uniform.
+template <typename acc_t, typename scalar_t>
+__device__ bool alpha_needed(const TargetLayout& lay, int64_t b, bool zero_infinity, int64_t& Tb, int64_t& L,
+                             const int64_t*& target, scalar_t* nll) {
+  if (!sample_valid(lay, b, Tb, L, target)) {
+    if (threadIdx.x == 0) nll[b] = static_cast<scalar_t>(std::numeric_limits<acc_t>::quiet_NaN());
+    return false;
+  }
+  if (Tb == 0) {
+    if (threadIdx.x == 0) {
+      nll[b] = static_cast<scalar_t>(L == 0 || zero_infinity ? acc_t(0) : std::numeric_limits<acc_t>::infinity());
+    }
+    return false;
+  }
+  return true;
+}
+
 template <typename T, typename Op>
 __device__ T block_reduce(T v, Op op, T identity) {
   __shared__ T partial[32];
@@ -108,16 +128,8 @@ __global__ void ctc_alpha_kernel(const scalar_t* __restrict__ log_probs, TargetL
   const int64_t T = lay.max_time, C = lay.num_classes, blank = lay.blank;
   int64_t Tb, L;
   const int64_t* target = nullptr;
-  // every thread evaluates the same condition: the early returns are uniform
-  if (!sample_valid(lay, b, Tb, L, target)) {
-    if (threadIdx.x == 0) nll[b] = static_cast<scalar_t>(std::numeric_limits<acc_t>::quiet_NaN());
-    return;
-  }
+  if (!alpha_needed<acc_t>(lay, b, zero_infinity, Tb, L, target, nll)) return;
   constexpr acc_t inf = std::numeric_limits<acc_t>::infinity();
-  if (Tb == 0) {
-    if (threadIdx.x == 0) nll[b] = static_cast<scalar_t>(L == 0 || zero_infinity ? acc_t(0) : inf);
-    return;
-  }
   const int64_t s_len = 2 * L + 1;
   acc_t* la = log_alpha + b * T * Sp;
   if (threadIdx.x == 0) {
@@ -153,21 +165,15 @@ __global__ void ctc_alpha_kernel(const scalar_t* __restrict__ log_probs, TargetL
 // sample's labels (int64).
 // (__launch_bounds__: at 1024 threads a block may use at most 64 registers per thread)
 template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kMaxFastPositions) ctc_alpha_fast_kernel(const scalar_t* __restrict__ log_probs, TargetLayout lay, acc_t* log_alpha,
-                                      scalar_t* nll, int64_t N, int64_t Sp, bool zero_infinity) {
+__global__ void __launch_bounds__(kMaxFastPositions)
+    ctc_alpha_fast_kernel(const scalar_t* __restrict__ log_probs, TargetLayout lay, acc_t* log_alpha, scalar_t* nll,
+                          int64_t N, int64_t Sp, bool zero_infinity) {
   const int64_t b = blockIdx.x;
   const int64_t T = lay.max_time, C = lay.num_classes, blank = lay.blank;
   int64_t Tb, L;
   const int64_t* target = nullptr;
-  if (!sample_valid(lay, b, Tb, L, target)) {  // uniform, as in ctc_alpha_kernel
-    if (threadIdx.x == 0) nll[b] = static_cast<scalar_t>(std::numeric_limits<acc_t>::quiet_NaN());
-    return;
-  }
+  if (!alpha_needed<acc_t>(lay, b, zero_infinity, Tb, L, target, nll)) return;
   constexpr acc_t inf = std::numeric_limits<acc_t>::infinity();
-  if (Tb == 0) {
-    if (threadIdx.x == 0) nll[b] = static_cast<scalar_t>(L == 0 || zero_infinity ? acc_t(0) : inf);
-    return;
-  }
   const int P = int(blockDim.x);
   acc_t* rows = reinterpret_cast<acc_t*>(dynamic_shared_memory());
   int64_t* labels = reinterpret_cast<int64_t*>(rows + 2 * P);
@@ -258,6 +264,23 @@ struct SumOp {
   __device__ T operator()(T a, T b) const { return a + b; }
 };
 
+// Position s's link in the chain of its label's repeats: the next odd position
+// with the same label (-1 at the end), and whether s is the label's first.
+__device__ __forceinline__ void label_chain_link(const int64_t* labels, int64_t L, int64_t s, int& next,
+                                                 int& first) {
+  next = -1;
+  first = 1;
+  if (!(s & 1)) return;
+  const int64_t k0 = s >> 1, label = labels[k0];
+  for (int64_t k = k0 + 1; k < L; ++k) {
+    if (labels[k] == label) {
+      next = static_cast<int>(2 * k + 1);
+      break;
+    }
+  }
+  for (int64_t k = 0; k < k0 && first; ++k) first = labels[k] != label;
+}
+
 template <typename scalar_t, typename acc_t>
 __global__ void ctc_occupancy_grad_kernel(const scalar_t* __restrict__ log_probs, const scalar_t* __restrict__ grad,
                                           TargetLayout lay, const acc_t* __restrict__ log_alpha,
@@ -278,21 +301,7 @@ __global__ void ctc_occupancy_grad_kernel(const scalar_t* __restrict__ log_probs
   acc_t* occ = beta + 2 * Sp;
   int* next_same = links + b * 2 * Sp;  // next odd position with the same label, -1 at the end
   int* is_first = next_same + Sp;       // 1 where no earlier position has the label
-  for (int64_t s = threadIdx.x; s < s_len; s += blockDim.x) {
-    int nxt = -1, first = 1;
-    if (s & 1) {
-      const int64_t k0 = s >> 1, label = target[k0];
-      for (int64_t k = k0 + 1; k < L; ++k) {
-        if (target[k] == label) {
-          nxt = static_cast<int>(2 * k + 1);
-          break;
-        }
-      }
-      for (int64_t k = 0; k < k0 && first; ++k) first = target[k] != label;
-    }
-    next_same[s] = nxt;
-    is_first[s] = first;
-  }
+  for (int64_t s = threadIdx.x; s < s_len; s += blockDim.x) label_chain_link(target, L, s, next_same[s], is_first[s]);
   __syncthreads();
   for (int64_t t = Tb - 1; t >= 0; --t) {
     const scalar_t* lpt = log_probs + (t * N + b) * C;
@@ -342,10 +351,10 @@ __global__ void ctc_occupancy_grad_kernel(const scalar_t* __restrict__ log_probs
 // blockDim.x acc_t, 2 of int, then the labels (int64).
 // (launch bounds (1024, 1): under (1024) ptxas squeezed float to 32 registers and spilled)
 template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kMaxFastPositions, 1) ctc_occupancy_grad_fast_kernel(const scalar_t* __restrict__ log_probs,
-                                               const scalar_t* __restrict__ grad, TargetLayout lay,
-                                               const acc_t* __restrict__ log_alpha, const acc_t* __restrict__ nll_all,
-                                               scalar_t* out, int64_t N, int64_t Sp) {
+__global__ void __launch_bounds__(kMaxFastPositions, 1)
+    ctc_occupancy_grad_fast_kernel(const scalar_t* __restrict__ log_probs, const scalar_t* __restrict__ grad,
+                                   TargetLayout lay, const acc_t* __restrict__ log_alpha,
+                                   const acc_t* __restrict__ nll_all, scalar_t* out, int64_t N, int64_t Sp) {
   const int64_t b = blockIdx.x;
   const acc_t nll = nll_all[b];
   if (!(nll < std::numeric_limits<acc_t>::infinity())) return;  // uniform: as ctc_occupancy_grad_kernel
@@ -365,20 +374,11 @@ __global__ void __launch_bounds__(kMaxFastPositions, 1) ctc_occupancy_grad_fast_
   const int64_t s = threadIdx.x, s_len = 2 * L + 1;
   const bool on = s < s_len;
   const int64_t z = on ? ctc::extended_label(labels, s, blank) : blank;
-  {
-    int nxt = -1, first = 1;
-    if (on && (s & 1)) {
-      const int64_t k0 = s >> 1;
-      for (int64_t k = k0 + 1; k < L; ++k) {
-        if (labels[k] == z) {
-          nxt = static_cast<int>(2 * k + 1);
-          break;
-        }
-      }
-      for (int64_t k = 0; k < k0 && first; ++k) first = labels[k] != z;
-    }
-    next_same[s] = nxt;
-    is_first[s] = first;
+  if (on) {
+    label_chain_link(labels, L, s, next_same[s], is_first[s]);
+  } else {
+    next_same[s] = -1;
+    is_first[s] = 0;
   }
   const acc_t g = acc_t(grad[b]);
   const acc_t* alpha_b = log_alpha + b * T * Sp;
