@@ -344,11 +344,25 @@ __global__ void ctc_occupancy_grad_kernel(const scalar_t* __restrict__ log_probs
   }
 }
 
+// (m, e) of each lane -> over the warp, in lane 0: the largest m and the sum of
+// e * exp(m_lane - m), i.e. a log-sum-exp as max + log(sum), in a fixed tree.
+// Every lane of the warp must call it.
+template <typename T>
+__device__ __forceinline__ void warp_max_sum_exp(T& m, T& e) {
+  for (int offset = 16; offset > 0; offset /= 2) {
+    const T m2 = __shfl_down_sync(0xffffffffu, m, offset), e2 = __shfl_down_sync(0xffffffffu, e, offset);
+    const T top = m > m2 ? m : m2;
+    if (top != neg_inf<T>()) e = e * ctc::exp_(m - top) + e2 * ctc::exp_(m2 - top);
+    m = top;
+  }
+}
+
 // The beta recursion and occupancy with one thread per position, as
-// ctc_alpha_fast_kernel: beta's two live rows, the occupancy row, the label
-// chains and the labels in shared memory; the log-prob and alpha of the next
-// (earlier) step are loaded while this one computes. Shared: 3 rows of
-// blockDim.x acc_t, 2 of int, then the labels (int64).
+// ctc_alpha_fast_kernel: beta's two live rows, two occupancy rows, per-warp
+// partial sums, the label chains and the labels in shared memory, one barrier
+// per step (the per-element kernel has seven); the log-prob and alpha of the
+// next (earlier) step are loaded while this one computes. Shared: 4 rows of
+// blockDim.x acc_t, 2 x 2 x 32 acc_t, 2 rows of int, then the labels (int64).
 // (launch bounds (1024, 1): under (1024) ptxas squeezed float to 32 registers and spilled)
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kMaxFastPositions, 1)
@@ -365,8 +379,10 @@ __global__ void __launch_bounds__(kMaxFastPositions, 1)
   const int64_t T = lay.max_time, C = lay.num_classes, blank = lay.blank;
   const int P = int(blockDim.x);
   acc_t* beta = reinterpret_cast<acc_t*>(dynamic_shared_memory());  // [2][P]
-  acc_t* occ = beta + 2 * P;
-  int* next_same = reinterpret_cast<int*>(occ + P);
+  acc_t* occ = beta + 2 * P;                                         // [2][P]
+  acc_t* warp_max = occ + 2 * P;                                     // [2][32]
+  acc_t* warp_sum = warp_max + 2 * 32;                               // [2][32]
+  int* next_same = reinterpret_cast<int*>(warp_sum + 2 * 32);
   int* is_first = next_same + P;
   int64_t* labels = reinterpret_cast<int64_t*>(is_first + P + (P & 1));  // 8-byte aligned
   for (int64_t k = threadIdx.x; k < L; k += P) labels[k] = target[k];
@@ -381,6 +397,7 @@ __global__ void __launch_bounds__(kMaxFastPositions, 1)
     is_first[s] = 0;
   }
   const acc_t g = acc_t(grad[b]);
+  const int lane = int(threadIdx.x) & 31, warp = int(threadIdx.x) >> 5;
   const acc_t* alpha_b = log_alpha + b * T * Sp;
   acc_t lp_next = on ? acc_t(log_probs[((Tb - 1) * N + b) * C + z]) : acc_t(0);
   acc_t alpha_next = on ? alpha_b[(Tb - 1) * Sp + s] : neg_inf<acc_t>();
@@ -396,26 +413,39 @@ __global__ void __launch_bounds__(kMaxFastPositions, 1)
     if (on) {
       bt = t == Tb - 1 ? (s >= s_len - 2 ? lps : neg_inf<acc_t>()) : ctc::beta_cell(next, labels, s, s_len, lps);
     }
-    beta[(t & 1) * P + s] = bt;
+    // Rows, occupancies and warp sums alternate between two buffers by the parity
+    // of t, so one barrier per step suffices: what step t writes was last read
+    // before the barrier of step t + 1.
+    const int buf = int(t & 1);
+    beta[buf * P + s] = bt;
     const acc_t o = on ? alpha + bt : neg_inf<acc_t>();
-    occ[s] = o;
-    // blank: log-sum-exp over the even positions
-    const acc_t blank_max = block_reduce(on && !(s & 1) ? o : neg_inf<acc_t>(), MaxOp(), neg_inf<acc_t>());
-    if (blank_max != neg_inf<acc_t>()) {  // uniform
-      const acc_t sum = block_reduce(on && !(s & 1) ? ctc::exp_(o - blank_max) : acc_t(0), SumOp(), acc_t(0));
-      if (threadIdx.x == 0) {
-        const scalar_t* lpt = log_probs + (t * N + b) * C;
-        out[(t * N + b) * C + blank] =
-            static_cast<scalar_t>(ctc::grad_cell(acc_t(lpt[blank]), blank_max + ctc::log_(sum), nll, g));
+    occ[buf * P + s] = o;
+    // blank: log-sum-exp over the even positions, as (max, sum of exp) per warp
+    acc_t m = on && !(s & 1) ? o : neg_inf<acc_t>();
+    acc_t e = m == neg_inf<acc_t>() ? acc_t(0) : acc_t(1);
+    warp_max_sum_exp(m, e);
+    if (lane == 0) {
+      warp_max[buf * 32 + warp] = m;
+      warp_sum[buf * 32 + warp] = e;
+    }
+    __syncthreads();  // the step's one barrier: publishes beta, occ and the warp sums
+    if (warp == 0) {
+      acc_t bm = lane < P / 32 ? warp_max[buf * 32 + lane] : neg_inf<acc_t>();
+      acc_t be = lane < P / 32 ? warp_sum[buf * 32 + lane] : acc_t(0);
+      warp_max_sum_exp(bm, be);
+      // thread 0 is position 0, whose label is blank: lps is log_probs[t, b, blank]
+      if (lane == 0 && bm != neg_inf<acc_t>()) {
+        out[(t * N + b) * C + blank] = static_cast<scalar_t>(ctc::grad_cell(lps, bm + ctc::log_(be), nll, g));
       }
     }
     // labels: the first position of each label walks the chain of its repeats
     if (on && (s & 1) && is_first[s]) {
       acc_t total = o;
-      for (int k = next_same[s]; k >= 0; k = next_same[k]) total = ctc::log_add_exp(total, occ[k]);
-      if (total != neg_inf<acc_t>()) out[(t * N + b) * C + z] = static_cast<scalar_t>(ctc::grad_cell(lps, total, nll, g));
+      for (int k = next_same[s]; k >= 0; k = next_same[k]) total = ctc::log_add_exp(total, occ[buf * P + k]);
+      if (total != neg_inf<acc_t>()) {
+        out[(t * N + b) * C + z] = static_cast<scalar_t>(ctc::grad_cell(lps, total, nll, g));
+      }
     }
-    __syncthreads();  // before the next step overwrites occ and the other beta row
   }
 }
 
@@ -430,7 +460,8 @@ size_t alpha_fast_shared_bytes(int threads, int64_t max_target_length) {
 }
 template <typename acc_t>
 size_t occupancy_fast_shared_bytes(int threads, int64_t max_target_length) {
-  return 3 * threads * sizeof(acc_t) + (2 * threads + (threads & 1)) * sizeof(int) + max_target_length * sizeof(int64_t);
+  return (4 * threads + 4 * 32) * sizeof(acc_t) + (2 * threads + (threads & 1)) * sizeof(int) +
+         max_target_length * sizeof(int64_t);
 }
 
 // log_alpha: [N, T, Sp], -inf where the kernels write nothing
