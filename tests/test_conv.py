@@ -478,6 +478,43 @@ def test_pointwise_whole_batch_gemm_matches_torch(device, dtype, layout, bias):
         torch.testing.assert_close(ours, theirs, **tol)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize(
+    "n,c,oc,size,kernel,stride,padding,dilation",
+    [(3, 2, 3, (100, 90), (3, 3), 1, 1, 1),  # 9000 output pixels per image: one image per GEMM chunk
+     (5, 3, 4, (10, 11), (2, 4), 1, "same", 1),  # several images per chunk; uneven "same" padding
+     (2, 4, 5, (17, 13), (5, 3), (2, 1), (0, 2), (1, 2))],  # strides, dilation, a padding-only column
+)
+def test_channels_last_patch_rows_match_torch(dtype, n, c, oc, size, kernel, stride, padding, dilation):
+    """CPU conv2d with one group on a channels_last input runs as GEMMs over
+    patch rows (chunks of whole images); results and gradients as F.conv2d, the
+    same bits with 1 and 3 threads."""
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(n, c, *size, generator=g, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(oc, c, *kernel, generator=g, dtype=dtype)
+    b = torch.randn(oc, generator=g, dtype=dtype)
+    args = dict(stride=stride, padding=padding, dilation=dilation)
+    out, ref, grads = run_both(lambda x, w, b: ops.conv2d(x, w, b, **args), lambda x, w, b: F.conv2d(x, w, b, **args),
+                               (x, w, b))
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else FP32_TOL
+    torch.testing.assert_close(out, ref, **tol)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    for ours, theirs in grads:
+        torch.testing.assert_close(ours, theirs, **tol)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for t in (1, 3):
+            torch.set_num_threads(t)
+            xs, ws = x.detach().requires_grad_(True), w.detach().requires_grad_(True)
+            y = ops.conv2d(xs, ws, b, **args)
+            results.append([y, *torch.autograd.grad(y, [xs, ws], torch.ones_like(y))])
+    finally:
+        torch.set_num_threads(threads)
+    for a, bb in zip(*results):
+        assert torch.equal(a, bb)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_empty_batch_and_channels(device, channels_last):
