@@ -680,9 +680,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pointwise_backward(const at::Tens
     const auto x = input.contiguous().view({g.N, g.C, g.H * g.W});
     if (output_mask[0]) gi = at::matmul(w.t(), go).contiguous().view({g.N, g.C, g.H, g.W});
     if (output_mask[1]) {
-      // as pixel rows (two transposing copies): one ordered product over the batch
-      gw = rows_transpose_product(go.transpose(1, 2).reshape({-1, g.OC}), x.transpose(1, 2).reshape({-1, g.C}),
-                                  acc_type);
+      // one image at a time, in order (as the general path): a batched GEMM + sum
+      // would hold N weight-sized terms, pixel rows would need two transposing
+      // copies (0.37-0.66x instead of 0.53-0.97x of torch forward+backward)
+      gw = at::zeros({g.OC, g.C}, weight.options().dtype(acc_type));
+      for (int64_t n = 0; n < g.N; ++n) gw.addmm_(go[n].to(acc_type), x[n].t().to(acc_type));
     }
   }
   if (output_mask[1]) gw = gw.view(weight.sizes()).to(weight.scalar_type());
