@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import datetime
 import os
-import re
 import platform
+import re
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
