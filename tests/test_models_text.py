@@ -9,6 +9,8 @@ with the same weights.
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -175,6 +177,60 @@ def test_stn_warmup_holds_the_identity_then_trains_the_localizer():
         STNRecognizer(NUM_CLASSES, warmup_steps=-1)
 
 
+def test_similarity_stn_turns_the_crop_rigidly_in_pixels():
+    # head bias = (angle, log scale, tx, ty) / step_scale; theta's linear part, taken back to pixel
+    # units of the 64x128 input (D = diag(W/H, 1)) and divided by the crop, is scale x a rotation
+    model = STNRecognizer(NUM_CLASSES, transform="similarity", initial_crop=(0.9, 0.7),
+                          localizer_step_scale=0.5).eval()
+    x = torch.rand(3, 1, 64, 128, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(model.theta(x), torch.tensor([[0.9, 0, 0], [0, 0.7, 0]]).expand(3, 2, 3))
+    angle, scale = 0.4, 0.8
+    with torch.no_grad():
+        model.localizer.out.bias.copy_(torch.tensor([angle, math.log(scale), 0.1, -0.2]) / 0.5)
+    theta = model.theta(x).double()
+    d = torch.diag(torch.tensor([2.0, 1.0], dtype=torch.float64))
+    pixel = d @ theta[:, :, :2] @ torch.diag(torch.tensor([1 / 0.9, 1 / 0.7], dtype=torch.float64)) @ d.inverse()
+    c, s = math.cos(angle), math.sin(angle)
+    expected = scale * torch.tensor([[c, -s], [s, c]], dtype=torch.float64)
+    torch.testing.assert_close(pixel, expected.expand(3, 2, 2), rtol=0, atol=1e-6)  # float32 theta
+    torch.testing.assert_close(theta[:, :, 2], torch.tensor([0.1, -0.2], dtype=torch.float64).expand(3, 2),
+                               rtol=0, atol=1e-6)
+    assert "crop" not in model.state_dict()  # a constructor argument, not a trained value
+    for bad in ({"transform": "projective"}, {"initial_crop": (0.0, 1.0)}, {"initial_crop": (1.0,)}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            STNRecognizer(NUM_CLASSES, **bad)
+
+
+def test_affine_lines_rotate_rigidly_and_stay_inside_the_image():
+    from visionops.data.text import _line_warp
+
+    # shear 0 (style column 3 = 0.5): the warp, in pixel units of the output, is scale x rotation
+    # of the box's pixel units, by the drawn angle (up to +-25 degrees x strength)
+    n, size, box = 64, (64, 128), (32, 100)
+    style = torch.rand(n, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    style[:, 3] = 0.5
+    for strength in (0.5, 1.0, 1.5):
+        a, t = _line_warp(style, "affine", strength, size, box)
+        out_px = torch.diag(torch.tensor([size[1] / 2, size[0] / 2], dtype=torch.float64))
+        box_px = torch.diag(torch.tensor([box[1] / 2, box[0] / 2], dtype=torch.float64))
+        pixel = out_px @ a @ box_px.inverse()
+        s = torch.linalg.det(pixel).sqrt()
+        angle = torch.atan2(pixel[:, 1, 0], pixel[:, 0, 0])
+        torch.testing.assert_close(pixel / s.view(n, 1, 1), torch.stack(
+            [torch.stack([angle.cos(), -angle.sin()], 1), torch.stack([angle.sin(), angle.cos()], 1)], 1))
+        torch.testing.assert_close(angle, math.radians(25) * strength * (2 * style[:, 2] - 1))
+        assert (s <= 1 + 1e-12).all() and (s > 0.3).all()
+        # every corner of the warped box stays inside the image (a steep line is shrunk to fit)
+        corners = torch.tensor([[-1, -1], [1, -1], [-1, 1], [1, 1]], dtype=torch.float64)
+        assert ((corners @ a.transpose(1, 2) + t.unsqueeze(1)).abs() < 1).all()
+    # and in the images: no glyph ink on the border rows and columns (background level exactly)
+    batch = text_lines(32, torch.Generator().manual_seed(2), distortion="affine", strength=1.5, noise=0.0)
+    img = batch.images[:, 0]
+    bg = img.amax(dim=(1, 2), keepdim=True)
+    for border in (img[:, 0], img[:, -1], img[:, :, 0], img[:, :, -1]):
+        torch.testing.assert_close(border, bg[:, 0].expand_as(border), atol=1e-6, rtol=0)
+
+
 # ---------------------------------------------------------------- visionops build == torch build
 
 
@@ -201,7 +257,8 @@ def _grads(model, images, batch):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("cls, kw", [(CRNN, {}), (STNRecognizer, {}),
                                      (STNRecognizer, {"localizer_size": (32, 64), "output_size": (32, 96)}),
-                                     (RARE, {})], ids=["crnn", "stn", "stn-small-localizer", "rare"])
+                                     (STNRecognizer, {"transform": "similarity", "initial_crop": (0.9, 0.7)}),
+                                     (RARE, {})], ids=["crnn", "stn", "stn-small-localizer", "stn-similarity", "rare"])
 def test_visionops_build_equals_torch_build(cls, kw, device):
     g = torch.Generator().manual_seed(3)
     batch = captchas(4, g) if cls is CRNN else text_lines(4, g, distortion="curved")
@@ -261,14 +318,18 @@ def test_tasks_are_registered_and_use_ctc_targets():
     import visionops.models  # noqa: F401
     from visionops.training import TASKS
 
-    for name in ("crnn", "stn", "rare", "crnn-affine", "crnn-curved", "stn-strong", "crnn-affine-strong"):
+    for name in ("crnn", "stn", "rare", "crnn-affine", "crnn-curved"):
         assert name in TASKS and TASKS[name].metric == "accuracy"
-    # each rectifier and its plain baseline train on the same distribution; the *-strong pair on strength 1.5
-    for names, strength in ((("stn", "crnn-affine"), 1.0), (("stn-strong", "crnn-affine-strong"), 1.5)):
-        expected = text_lines(3, torch.Generator().manual_seed(4), distortion="affine", strength=strength)
-        for name in names:
-            images = TASKS[name].make_batch(torch.Generator().manual_seed(4), 3)[0]
-            torch.testing.assert_close(images, expected.images, rtol=0, atol=0)
+    # each rectifier and its plain baseline train on the same data, step by step: the warps'
+    # strength ramps from 0 to 1 over the curriculum, then stays at 1
+    for names, kind in ((("stn", "crnn-affine"), "affine"), (("rare", "crnn-curved"), "curved")):
+        ramp = TASKS[names[0]].curriculum_steps
+        assert ramp > 0 and TASKS[names[1]].curriculum_steps == ramp
+        for step, strength in ((0, 0.0), (ramp // 2, 0.5), (ramp, 1.0), (10 * ramp, 1.0)):
+            expected = text_lines(32, torch.Generator().manual_seed(4), distortion=kind, strength=strength)
+            for name in names:
+                images = TASKS[name].batch(torch.Generator().manual_seed(4), step)[0]
+                torch.testing.assert_close(images, expected.images, rtol=0, atol=0)
     images, targets, lengths = TASKS["crnn"].make_batch(torch.Generator().manual_seed(0), 5)
     assert images.shape == (5, 1, 32, 128) and targets.shape[0] == 5 and lengths.shape == (5,)
     model = TASKS["crnn"].build_model()

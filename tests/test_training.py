@@ -113,6 +113,31 @@ def test_resume_single_process_matches_uninterrupted(tmp_path, device):
     assert not list((tmp_path / "a").glob("*.tmp"))  # the temporary file was renamed over the checkpoint
 
 
+def test_curriculum_difficulty_follows_the_step_across_a_resume(tmp_path):
+    import toy_tasks
+    from visionops.training import TASKS, Task, register_task
+
+    seen: list[float] = []
+
+    def make_batch(g, n, difficulty):
+        seen.append(difficulty)
+        return toy_tasks.make_batch(g, n)
+
+    toy = TASKS["toy"]
+    register_task(Task(name="toy-curriculum", build_model=toy.build_model, make_batch=make_batch,
+                       loss_fn=toy.loss_fn, evaluate=toy.evaluate, metric="accuracy", batch_size=4,
+                       curriculum_steps=8))
+    try:
+        train("toy-curriculum", max_steps=6, device="cpu", log=None, checkpoint_dir=tmp_path)
+        train("toy-curriculum", max_steps=10, device="cpu", log=None, checkpoint_dir=tmp_path, resume=True)
+    finally:
+        del TASKS["toy-curriculum"]
+    assert seen == [0, 1 / 8, 2 / 8, 3 / 8, 4 / 8, 5 / 8, 6 / 8, 7 / 8, 1.0, 1.0]
+    with pytest.raises(ValueError, match="curriculum_steps"):
+        Task(name="x", build_model=toy.build_model, make_batch=make_batch, loss_fn=toy.loss_fn,
+             evaluate=toy.evaluate, metric="accuracy", curriculum_steps=-1)
+
+
 def test_resume_refuses_other_world_size_and_task(tmp_path):
     train("toy", max_steps=2, device="cpu", log=None, checkpoint_dir=tmp_path)
     path = checkpoint_path(tmp_path, "toy")
@@ -162,6 +187,10 @@ def test_cli_rejects_bad_combinations(capsys):
     assert run("toy", "--checkpoint-every", "0")[0] == 2
     code, err = run("nope")
     assert code == 2 and "unknown task 'nope'" in err and "'toy'" in err
+    code, err = run("toy", "--curriculum-steps", "-1")
+    assert code == 2 and "--curriculum-steps: expected >= 0" in err
+    code, err = run("toy", "--curriculum-steps", "10")  # toy data has no difficulty argument
+    assert code == 2 and "no data difficulty" in err
     if torch.cuda.device_count() < 2:
         code, err = run("toy", "--nproc", "2", "--device", "cuda")
         assert code == 2 and "needs 2 GPUs" in err

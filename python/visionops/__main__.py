@@ -166,6 +166,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.checkpoint_every < 1:
         print(f"--checkpoint-every: expected >= 1, got {args.checkpoint_every}", file=sys.stderr)
         return 2
+    task = TASKS[args.task]
+    if args.curriculum_steps is not None:
+        import dataclasses
+        import inspect
+
+        if args.curriculum_steps < 0:
+            print(f"--curriculum-steps: expected >= 0, got {args.curriculum_steps}", file=sys.stderr)
+            return 2
+        if args.curriculum_steps and "difficulty" not in inspect.signature(task.make_batch).parameters:
+            print(f"--curriculum-steps: task {args.task!r} has no data difficulty to ramp", file=sys.stderr)
+            return 2
+        task = dataclasses.replace(task, curriculum_steps=args.curriculum_steps)
     in_worker = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if args.nproc > 1 and not in_worker:
         return _launch_torchrun(args)
@@ -180,7 +192,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         faulthandler.enable()  # a worker that aborts prints where (Python stacks of all threads)
     sync_bn = True if args.sync_bn else (False if args.no_sync_bn else None)
-    train(args.task, minutes=args.minutes, device=args.device, seed=args.seed, max_steps=args.max_steps,
+    train(task, minutes=args.minutes, device=args.device, seed=args.seed, max_steps=args.max_steps,
           checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every, resume=args.resume,
           sync_bn=sync_bn)
     if in_worker:
@@ -230,6 +242,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="write DIR/TASK.pt (model, optimiser, step, RNG states) every --checkpoint-every steps "
                         "and at the end (default: no checkpoints)")
     p.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints (default 100)")
+    p.add_argument("--curriculum-steps", type=int, default=None, metavar="N",
+                   help="ramp the data's difficulty (the text-line tasks' warp strength) from 0 to full over "
+                        "the first N steps; 0: full from the start (default: the task's own, 1500 for the "
+                        "text-line tasks)")
     p.add_argument("--resume", action="store_true",
                    help="continue from DIR/TASK.pt (same --nproc); starts from scratch when there is none")
     bn = p.add_mutually_exclusive_group()

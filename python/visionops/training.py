@@ -95,6 +95,10 @@ class Task:
     metrics, ``metric`` naming the one that the final line reports.
     ``batch_size`` is per process. ``find_unused_parameters`` is passed to DDP
     for models whose forward leaves some parameters without a gradient.
+    ``curriculum_steps > 0`` makes the data harder over the first steps:
+    ``make_batch(generator, batch_size, difficulty=...)`` is then called with
+    ``difficulty = min(1, step / curriculum_steps)`` (a function of the step
+    alone, so a resumed run and every rank draw what an uninterrupted run does).
     """
 
     name: str
@@ -112,10 +116,19 @@ class Task:
     extra: dict[str, Any] = field(default_factory=dict)
     find_unused_parameters: bool = False
     lr_schedule: str = "constant"  # or "cosine": decay over the time/step budget
+    curriculum_steps: int = 0
 
     def __post_init__(self) -> None:
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"lr_schedule: expected 'constant' or 'cosine', got {self.lr_schedule!r}")
+        if self.curriculum_steps < 0:
+            raise ValueError(f"curriculum_steps: expected >= 0, got {self.curriculum_steps}")
+
+    def batch(self, generator: torch.Generator, step: int) -> tuple:
+        """The training batch of ``step`` (see ``curriculum_steps``)."""
+        if self.curriculum_steps:
+            return self.make_batch(generator, self.batch_size, difficulty=min(1.0, step / self.curriculum_steps))
+        return self.make_batch(generator, self.batch_size)
 
 
 TASKS: dict[str, Task] = {}
@@ -503,7 +516,7 @@ def _train(task: Task, ctx: _Dist, minutes: float, seed: int, max_steps: int | N
     losses: list[float] = []
     while not stop:
         model.train()
-        batch = _to_device(task.make_batch(generator, task.batch_size), device)
+        batch = _to_device(task.batch(generator, step), device)
         loss = task.loss_fn(train_model, batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -218,6 +218,46 @@ def _curve_points(n: int, generator: torch.Generator | None, strength: float) ->
     return torch.cat([top, bottom], dim=1)
 
 
+def _line_warp(style: Tensor, distortion: str, strength: float, size: tuple[int, int],
+               box: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    """The affine part of :func:`text_lines`' warps: ``a [n, 2, 2]`` and ``t [n, 2]``
+    map the box's normalised coordinates to the output's (``a p + t``), drawn from
+    the columns 2-6 of ``style [n, 8]`` (float64 in [0, 1))."""
+    n = style.shape[0]
+    bh, bw = box
+    # the box occupies this fraction of the output at scale 1 (normalised coordinates)
+    fx, fy = bw / size[1], bh / size[0]
+    rot = math.radians(25) * strength * (2 * style[:, 2] - 1)
+    shear = 0.3 * strength * (2 * style[:, 3] - 1)
+    scale = 1.0 - 0.4 * strength * style[:, 4]
+    if distortion == "curved":
+        rot, shear, scale = rot * 0.4, shear * 0.4, 1.0 - 0.2 * strength * style[:, 4]
+    if distortion == "none":
+        rot, shear, scale = rot * 0, shear * 0, torch.ones_like(scale)
+    # the warp acts on pixels, so that a rotation turns the line rigidly: in the output's
+    # normalised coordinates A = D^-1 R Sh D diag(fx, fy), D = diag(W / H, 1) its aspect
+    # (a rotation of the normalised square would turn the baseline by less and slant the
+    # letters instead)
+    aspect = size[1] / size[0]
+    c, si = torch.cos(rot), torch.sin(rot)
+    a = torch.zeros(n, 2, 2, dtype=torch.float64)
+    a[:, 0, 0], a[:, 0, 1], a[:, 1, 0], a[:, 1, 1] = c, -si / aspect, si * aspect, c
+    sh = torch.eye(2, dtype=torch.float64).repeat(n, 1, 1)
+    sh[:, 0, 1] = shear / aspect
+    a = a @ sh @ torch.diag(torch.tensor([fx, fy], dtype=torch.float64))
+    # half-extents of the warped box (its corners are (+-1, +-1)); a steep line is shrunk
+    # until it fits, and the rest of the image is the room left for the translation
+    extent = a.abs().sum(dim=2)
+    scale = torch.minimum(scale, 0.98 / extent.amax(dim=1).clamp_min(1e-12))
+    a = scale.view(n, 1, 1) * a
+    room = (1 - scale.view(n, 1) * extent).clamp_min(0)
+    tx = room[:, 0] * (2 * style[:, 5] - 1) * 0.8
+    ty = room[:, 1] * (2 * style[:, 6] - 1) * 0.5
+    if distortion == "none":
+        tx, ty = tx * 0, ty * 0
+    return a, torch.stack([tx, ty], dim=1)
+
+
 def text_lines(
     n: int,
     generator: torch.Generator | None = None,
@@ -234,7 +274,8 @@ def text_lines(
     """Text lines for rectifying recognisers (STN, RARE): a clean string is
     rendered into a ``box`` (height, width) image, then warped into a larger
     ``size`` image by a random affine map (``distortion="affine"``: rotation up
-    to +-25 degrees, shear, scale 0.6-1, translation) or a random curved
+    to +-25 degrees and shear up to 0.3 of the line's pixels, scale 0.6-1, less
+    where a steep line would not fit, translation within the room left) or a random curved
     thin-plate-spline map (``"curved"``: an arc bend, a tapering height, then
     a milder affine map) scaled by ``strength``; then a random background level
     and Gaussian noise. ``"none"`` centres the box without warping.
@@ -264,29 +305,7 @@ def text_lines(
         font_size = 20 + int(s[0] * 5)
         images.append(_render(text, [0.5, 0.5] + [0.5] * 8, bh, bw, 255, 0, font_size, 0.0, 0, s[1] * 2))
     clean = (1.0 - _to_tensor(images).double()) if images else torch.zeros(0, 1, bh, bw, dtype=torch.float64)
-    # the box occupies this fraction of the output at scale 1 (normalised coordinates)
-    fx, fy = bw / size[1], bh / size[0]
-    rot = math.radians(25) * strength * (2 * style[:, 2] - 1)
-    shear = 0.3 * strength * (2 * style[:, 3] - 1)
-    scale = 1.0 - 0.4 * strength * style[:, 4]
-    if distortion == "curved":
-        rot, shear, scale = rot * 0.4, shear * 0.4, 1.0 - 0.2 * strength * style[:, 4]
-    if distortion == "none":
-        rot, shear, scale = rot * 0, shear * 0, torch.ones_like(scale)
-    room_x = (1 - fx * scale).clamp_min(0)
-    room_y = (1 - fy * scale).clamp_min(0)
-    tx = room_x * (2 * style[:, 5] - 1) * 0.8
-    ty = room_y * (2 * style[:, 6] - 1) * 0.5
-    if distortion == "none":
-        tx, ty = tx * 0, ty * 0
-    # forward map (box coordinates -> output coordinates): A p + t, A = s R Sh diag(fx, fy)
-    c, si = torch.cos(rot), torch.sin(rot)
-    a = torch.zeros(n, 2, 2, dtype=torch.float64)
-    a[:, 0, 0], a[:, 0, 1], a[:, 1, 0], a[:, 1, 1] = c, -si, si, c
-    sh = torch.eye(2, dtype=torch.float64).repeat(n, 1, 1)
-    sh[:, 0, 1] = shear
-    a = scale.view(n, 1, 1) * a @ sh @ torch.diag(torch.tensor([fx, fy], dtype=torch.float64))
-    t = torch.stack([tx, ty], dim=1)
+    a, t = _line_warp(style, distortion, strength, size, box)
     if distortion == "curved":
         base = rare_fiducials(20, dtype=torch.float64)
         landed = _curve_points(n, generator, 0.8 * strength)
