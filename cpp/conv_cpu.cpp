@@ -1,5 +1,5 @@
 // Convolution on the CPU: depthwise_conv2d (hand-written direct kernels,
-// conv_cpu_kernels.inc) and conv2d (our im2col / col2im + at::mm).
+// conv_cpu_kernels.inc) and conv2d (our im2col / col2im + at::mm, see gemm_out).
 //
 // Determinism: every task owns whole output (or grad_input) planes or rows, and
 // weight gradients are reduced from per-image (per-chunk) partial sums in a
@@ -600,6 +600,45 @@ void col2im_cpu(const at::Tensor& cols, const ConvGeometry& g, at::Tensor& img) 
 
 namespace {
 
+// At most this many rows (or columns) of a product per GEMM, see gemm_out.
+constexpr int64_t kGemmBlock = 512;
+
+// Runs fn(k) for k in [0, blocks) inside at::parallel_for's region, which it opens
+// even for one block (at least two tasks): MKL called there stays on one thread.
+template <typename Fn>
+void for_each_block_in_parallel_region(int64_t blocks, const Fn& fn) {
+  at::parallel_for(0, std::max<int64_t>(blocks, 2), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t k = begin; k < std::min(end, blocks); ++k) fn(k);
+  });
+}
+
+// out (+)= a @ b. On the CPU the bits must not depend on the thread count, and an
+// MKL GEMM's do: MKL picks its kernels and its split of the work by thread count
+// (1 vs 4 threads changed output bits even at 2x27 @ 27x49 on an AVX-512 EPYC).
+// So the product is cut into fixed blocks of out's rows (or of its columns when it
+// has fewer rows), each one GEMM inside the parallel region, where MKL stays on
+// one thread: the partition depends on the shapes alone. On CUDA: one GEMM.
+void gemm_out(at::Tensor out, const at::Tensor& a, const at::Tensor& b, bool accumulate) {
+  auto product = [accumulate](at::Tensor o, const at::Tensor& x, const at::Tensor& y) {
+    if (accumulate) {
+      at::addmm_out(o, o, x, y);
+    } else {
+      at::mm_out(o, x, y);
+    }
+  };
+  if (!out.is_cpu()) return product(out, a, b);
+  const bool by_rows = out.size(0) >= out.size(1);
+  const int64_t extent = out.size(by_rows ? 0 : 1), blocks = (extent + kGemmBlock - 1) / kGemmBlock;
+  for_each_block_in_parallel_region(blocks, [&](int64_t k) {
+    const int64_t start = k * kGemmBlock, len = std::min(kGemmBlock, extent - start);
+    if (by_rows) {
+      product(out.narrow(0, start, len), a.narrow(0, start, len), b);
+    } else {
+      product(out.narrow(1, start, len), a, b.narrow(1, start, len));
+    }
+  });
+}
+
 // 1x1, stride 1, no padding: the image itself is the column matrix
 bool is_pointwise(const ConvGeometry& g) {
   return g.KH == 1 && g.KW == 1 && g.sh == 1 && g.sw == 1 && g.pt == 0 && g.pb == 0 && g.pl == 0 && g.pr == 0;
@@ -630,13 +669,11 @@ at::Tensor rows_transpose_product(const at::Tensor& a, const at::Tensor& b, at::
   constexpr int64_t kBlock = 1024;
   const int64_t M = a.size(0), blocks = std::max<int64_t>(1, (M + kBlock - 1) / kBlock);
   auto partial = at::zeros({blocks, a.size(1), b.size(1)}, a.options().dtype(acc));
-  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t k = begin; k < end; ++k) {
-      const int64_t r0 = k * kBlock, len = std::min(kBlock, M - r0);
-      if (len <= 0) continue;
-      auto out = partial[k];
-      at::mm_out(out, a.narrow(0, r0, len).t().to(acc), b.narrow(0, r0, len).to(acc));
-    }
+  for_each_block_in_parallel_region(blocks, [&](int64_t k) {
+    const int64_t r0 = k * kBlock, len = std::min(kBlock, M - r0);
+    if (len <= 0) return;
+    auto out = partial[k];
+    at::mm_out(out, a.narrow(0, r0, len).t().to(acc), b.narrow(0, r0, len).to(acc));
   });
   auto total = partial[0].clone();
   for (int64_t k = 1; k < blocks; ++k) total.add_(partial[k]);
@@ -650,11 +687,14 @@ at::Tensor pointwise_forward(const at::Tensor& input, const at::Tensor& weight, 
     const auto rows = pixel_rows(input);
     // bias added after the GEMM: addmm first copies the broadcast bias into the
     // output and then runs the GEMM with beta = 1, 1.4x slower in all (2 threads)
-    auto out = at::mm(rows, w.t());
+    auto out = at::empty({rows.size(0), g.OC}, input.options());
+    gemm_out(out, rows, w.t(), false);
     if (bias.has_value()) out.add_(*bias);
     return from_pixel_rows(out, g.N, g.OH, g.OW);
   }
-  auto out = at::matmul(w, input.contiguous().view({g.N, g.C, g.H * g.W})).contiguous();
+  const auto x = input.contiguous().view({g.N, g.C, g.H * g.W});
+  auto out = at::empty({g.N, g.OC, g.H * g.W}, input.options());
+  for (int64_t n = 0; n < g.N; ++n) gemm_out(out[n], w, x[n], false);
   if (bias.has_value()) out.add_(bias->view({1, g.OC, 1}));
   return out.view({g.N, g.OC, g.OH, g.OW});
 }
@@ -671,20 +711,28 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pointwise_backward(const at::Tens
     // rather than over an NCHW copy, which took a quarter of the backward)
     const auto go = pixel_rows(grad);
     if (output_mask[2]) gb = go.sum(0, false, acc_type).to(grad.scalar_type());
-    if (output_mask[0]) gi = from_pixel_rows(at::mm(go, w), g.N, g.H, g.W);
+    if (output_mask[0]) {
+      auto rows = at::empty({go.size(0), g.C}, grad.options());
+      gemm_out(rows, go, w, false);
+      gi = from_pixel_rows(rows, g.N, g.H, g.W);
+    }
     // 16-bit operands widened: the batch sum is then rounded once, as in the loop below
     if (output_mask[1]) gw = rows_transpose_product(go, pixel_rows(input), acc_type);
   } else {
     if (output_mask[2]) gb = conv_bias_grad(grad.contiguous());
     const auto go = grad.contiguous().view({g.N, g.OC, g.H * g.W});
     const auto x = input.contiguous().view({g.N, g.C, g.H * g.W});
-    if (output_mask[0]) gi = at::matmul(w.t(), go).contiguous().view({g.N, g.C, g.H, g.W});
+    if (output_mask[0]) {
+      gi = at::empty({g.N, g.C, g.H * g.W}, grad.options());
+      for (int64_t n = 0; n < g.N; ++n) gemm_out(gi[n], w.t(), go[n], false);
+      gi = gi.view({g.N, g.C, g.H, g.W});
+    }
     if (output_mask[1]) {
       // one image at a time, in order (as the general path): a batched GEMM + sum
       // would hold N weight-sized terms, pixel rows would need two transposing
       // copies (0.37-0.66x instead of 0.53-0.97x of torch forward+backward)
       gw = at::zeros({g.OC, g.C}, weight.options().dtype(acc_type));
-      for (int64_t n = 0; n < g.N; ++n) gw.addmm_(go[n].to(acc_type), x[n].t().to(acc_type));
+      for (int64_t n = 0; n < g.N; ++n) gemm_out(gw, go[n].to(acc_type), x[n].t().to(acc_type), true);
     }
   }
   if (output_mask[1]) gw = gw.view(weight.sizes()).to(weight.scalar_type());
@@ -715,11 +763,8 @@ at::Tensor conv2d_gemm_forward(const at::Tensor& input_, const at::Tensor& weigh
         cols = at::zeros({0, OHW}, input.options());
       }
       auto out = output[n].narrow(0, gr * OCg, OCg).view({OCg, OHW});
-      if (bias.has_value()) {
-        at::addmm_out(out, bias->narrow(0, gr * OCg, OCg).unsqueeze(1), w[gr], cols);
-      } else {
-        at::mm_out(out, w[gr], cols);
-      }
+      if (bias.has_value()) out.copy_(bias->narrow(0, gr * OCg, OCg).unsqueeze(1).expand({OCg, OHW}));
+      gemm_out(out, w[gr], cols, bias.has_value());
     }
   }
   return cl ? output.contiguous(at::MemoryFormat::ChannelsLast) : output;
@@ -756,9 +801,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_gemm_backward(const at::Te
           auto gimg = gi[n].narrow(0, gr * Cg, Cg);
           if (pointwise) {
             auto flat = gimg.view({Cg, OHW});
-            at::mm_out(flat, w[gr].t(), go);
+            gemm_out(flat, w[gr].t(), go, false);
           } else {
-            at::mm_out(gcols, w[gr].t(), go);
+            gemm_out(gcols, w[gr].t(), go, false);
             col2im(gcols, g, gimg);
           }
         }
@@ -771,7 +816,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_gemm_backward(const at::Te
           }
           // 16-bit operands are widened first: a 16-bit GEMM would round each
           // image's term before the batch sum, and the terms can cancel
-          gw_acc[gr].addmm_(go.to(acc_type), cols.t().to(acc_type));
+          gemm_out(gw_acc[gr], go.to(acc_type), cols.t().to(acc_type), true);
         }
       }
     }
@@ -873,7 +918,7 @@ at::Tensor patch_rows_forward(const at::Tensor& input, const at::Tensor& weight,
       const int64_t n1 = std::min(g.N, n0 + per_chunk), rows = (n1 - n0) * rows_per_image;
       gather_patch_rows(x.const_data_ptr<scalar_t>(), g, n0, n1, cols.mutable_data_ptr<scalar_t>());
       auto out = out_rows.narrow(0, n0 * rows_per_image, rows);
-      at::mm_out(out, cols.narrow(0, 0, rows), w.t());
+      gemm_out(out, cols.narrow(0, 0, rows), w.t(), false);
     }
   });
   if (bias.has_value()) out_rows.add_(*bias);
@@ -903,7 +948,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> patch_rows_backward(const at::Ten
         gw.add_(rows_transpose_product(go_chunk, chunk, go_chunk.scalar_type()));
       }
       if (output_mask[0]) {
-        at::mm_out(chunk, go_chunk, w);  // the column gradient, in the same buffer
+        gemm_out(chunk, go_chunk, w, false);  // the column gradient, in the same buffer
         scatter_patch_rows(chunk.const_data_ptr<scalar_t>(), g, n0, n1, gx_rows.mutable_data_ptr<scalar_t>());
       }
     }

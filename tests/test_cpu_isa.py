@@ -132,8 +132,8 @@ for (k, s, hw), cl in itertools.product([(3, 1, 19), (3, 2, 23), (5, 1, 17), (5,
 from reference.sampling import tps_grid_torch
 
 
-def check_like_torch(what, ours, torch32, ref, factor=2):
-    bound = factor * (torch32.double() - ref).abs().max().item() + 1e-6 * max(1.0, ref.abs().max().item())
+def check_like_torch(what, ours, torch32, ref, factor=2, floor=1e-6):
+    bound = factor * (torch32.double() - ref).abs().max().item() + floor * max(1.0, ref.abs().max().item())
     err = (ours.double() - ref).abs().max().item()
     if not err <= bound:
         failures.append(f"{what}: max abs diff {err:.3g} > {bound:.3g}")
@@ -191,8 +191,11 @@ for (b, k, oh, ow), ac in itertools.product([(2, 20, 5, 130), (1, 7, 3, 64), (2,
         for name, ours, peer_grad, r in zip(("input", "kernel_weights", "affine_weights", "target_points"), grads[0],
                                              gpeer, ref):
             # sums over many points of terms whose float32 errors follow the coordinates'
-            # (ours: a polynomial logarithm, <= 3 ulp): a looser factor than the forward's
-            check_like_torch(f"tps_grid_sample grad {name} {pad} {case}", ours, peer_grad, r, factor=3)
+            # (ours: a polynomial logarithm, <= 3 ulp): a looser factor than the forward's,
+            # and a floor of float32 accumulation over the OH*OW*K (up to 1560) terms
+            # (~n * 2^-24 = 1e-4 of the largest gradient): torch's own error, the other part
+            # of the bound, is smaller on some CPUs (AVX-512 EPYC: 1.4e-5 of it, ours 7.7e-5)
+            check_like_torch(f"tps_grid_sample grad {name} {pad} {case}", ours, peer_grad, r, factor=3, floor=1e-4)
 
 # RoIPool: channel counts 1, 5, 19 and 37 cover whole and partial 8- and 16-lane vectors; ties and NaNs
 # exercise the first-maximum and first-NaN rules in every lane (values and argmax must equal the oracle)

@@ -144,11 +144,14 @@ def test_stn_localizer_step_scale_scales_the_departure_from_identity():
     assert (full.theta(x) - eye).abs().max() > 0.01
 
 
-def test_stn_warmup_holds_the_identity_then_trains_the_localizer():
+@pytest.mark.parametrize("cls, tol", [(STNRecognizer, 1e-4), (RARE, 1e-3)], ids=["stn", "rare"])
+def test_warmup_holds_the_identity_then_trains_the_localizer(cls, tol):
     torch.manual_seed(0)
-    # output = input size, so the identity warp resamples the input unchanged (to ~1e-6)
-    model = STNRecognizer(NUM_CLASSES, output_size=(64, 128), warmup_steps=2)
-    torch.nn.init.normal_(model.localizer.out.weight, std=0.2)  # theta != I once the localiser runs
+    # output = input size, so the identity warp resamples the input unchanged (to ~1e-6 affine,
+    # ~1e-4 TPS: float32 weights from a float64 solve)
+    model = cls(NUM_CLASSES, output_size=(64, 128), warmup_steps=2)
+    # a warp clearly off the identity once the localiser runs (RARE's 20 points move less per weight)
+    torch.nn.init.normal_(model.localizer.out.weight, std=0.2 if cls is STNRecognizer else 2.0)
     batch = text_lines(4, torch.Generator().manual_seed(5), distortion="affine")
     x, targets, lengths = batch[:3]
     # evaluation (and any no-grad call) uses the localiser and does not count as a step
@@ -167,14 +170,14 @@ def test_stn_warmup_holds_the_identity_then_trains_the_localizer():
         grads = [p.grad for p in model.localizer.parameters()]
         if step < 2:
             # warm-up: exactly the CRNN on the unwarped input; the localiser gets no gradient
-            torch.testing.assert_close(loss, plain, rtol=1e-4, atol=1e-4)  # float32 resampling at pixel centres
+            torch.testing.assert_close(loss, plain, rtol=tol, atol=tol)  # float32 resampling at pixel centres
             assert all(g is None for g in grads)
         else:
             assert abs(loss.item() - plain.item()) > 1e-3
             assert all(g is not None for g in grads) and model.localizer.out.weight.grad.abs().sum() > 0
     assert int(model.steps_seen) == 3 and "steps_seen" in model.state_dict()
     with pytest.raises(ValueError, match="warmup_steps"):
-        STNRecognizer(NUM_CLASSES, warmup_steps=-1)
+        cls(NUM_CLASSES, warmup_steps=-1)
 
 
 def test_similarity_stn_turns_the_crop_rigidly_in_pixels():

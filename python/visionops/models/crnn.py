@@ -178,7 +178,37 @@ class _Localizer(nn.Module):
         return self.init + self.step_scale * self.out(self.fc(self.features(images)))
 
 
-class STNRecognizer(_CTCRecognizer):
+class _Rectifier(_CTCRecognizer):
+    """What STNRecognizer and RARE share: a localiser read on a pooled copy of
+    the input, held at its identity output for the first ``warmup_steps``
+    training passes (counted in the ``steps_seen`` buffer)."""
+
+    steps_seen: Tensor
+
+    def _init_rectifier(self, localizer: _Localizer, localizer_size: tuple[int, int] | None,
+                        warmup_steps: int) -> None:
+        if warmup_steps < 0:
+            raise ValueError(f"warmup_steps: expected >= 0, got {warmup_steps}")
+        self.localizer = localizer
+        self.localizer_size = tuple(localizer_size) if localizer_size is not None else None
+        self.warmup_steps = warmup_steps
+        self.register_buffer("steps_seen", torch.zeros((), dtype=torch.long))
+
+    def _localize(self, images: Tensor) -> Tensor:
+        """The localiser's ``[N, outputs]`` (its identity output while warming up)."""
+        training = self.training and torch.is_grad_enabled()
+        warming_up = training and int(self.steps_seen) < self.warmup_steps
+        if training:
+            self.steps_seen += 1
+        if warming_up:
+            return self.localizer.init.to(images.dtype).expand(images.shape[0], -1)
+        small = images
+        if self.localizer_size is not None and tuple(images.shape[2:]) != self.localizer_size:
+            small = F.adaptive_avg_pool2d(images, self.localizer_size)
+        return self.localizer(small)
+
+
+class STNRecognizer(_Rectifier):
     """Affine spatial transformer + CRNN: a localisation network predicts
     ``theta [N, 2, 3]`` (initialised to the identity), the image is resampled to
     ``output_size`` with :class:`visionops.nn.AffineGridSampler` (border
@@ -220,16 +250,12 @@ class STNRecognizer(_CTCRecognizer):
     torch.Size([25, 2, 37])
     """
 
-    steps_seen: Tensor
-
     def __init__(self, num_classes: int, in_channels: int = 1, output_size: tuple[int, int] = (32, 100),
                  rnn: str = "lstm", hidden: int = 96, backend: str = "visionops",
                  localizer_size: tuple[int, int] | None = None, warmup_steps: int = 0,
                  localizer_step_scale: float = 0.1, transform: str = "affine",
                  initial_crop: tuple[float, float] = (1.0, 1.0)) -> None:
         super().__init__()
-        if warmup_steps < 0:
-            raise ValueError(f"warmup_steps: expected >= 0, got {warmup_steps}")
         if transform not in ("affine", "similarity"):
             raise ValueError(f"transform: expected 'affine' or 'similarity', got {transform!r}")
         if len(initial_crop) != 2 or not all(0 < c for c in initial_crop):
@@ -237,28 +263,17 @@ class STNRecognizer(_CTCRecognizer):
         self.backend = backend
         self.transform = transform
         self.output_size = tuple(output_size)
-        self.localizer_size = tuple(localizer_size) if localizer_size is not None else None
-        self.warmup_steps = warmup_steps
         init = torch.eye(2, 3) if transform == "affine" else torch.zeros(4)  # (angle, log scale, tx, ty)
-        self.localizer = _Localizer(in_channels, init.numel(), init, backend, step_scale=localizer_step_scale)
+        self._init_rectifier(_Localizer(in_channels, init.numel(), init, backend, step_scale=localizer_step_scale),
+                             localizer_size, warmup_steps)
         self.register_buffer("crop", torch.tensor([*initial_crop, 1.0]), persistent=False)
         self.sampler = AffineGridSampler(self.output_size, padding_mode="border")
         self.crnn = CRNN(num_classes, in_channels, self.output_size[0], rnn, hidden, backend=backend)
-        self.register_buffer("steps_seen", torch.zeros((), dtype=torch.long))
 
     def theta(self, images: Tensor) -> Tensor:
         """The predicted affine maps ``[N, 2, 3]`` (output -> input, normalised coordinates)."""
-        warming_up = self.training and torch.is_grad_enabled() and int(self.steps_seen) < self.warmup_steps
-        if self.training and torch.is_grad_enabled():
-            self.steps_seen += 1
         n = images.shape[0]
-        if warming_up:
-            params = self.localizer.init.to(images.dtype).expand(n, -1)
-        else:
-            small = images
-            if self.localizer_size is not None and tuple(images.shape[2:]) != self.localizer_size:
-                small = F.adaptive_avg_pool2d(images, self.localizer_size)
-            params = self.localizer(small)
+        params = self._localize(images)
         if self.transform == "affine":
             theta = params.view(n, 2, 3)
         else:
@@ -316,7 +331,7 @@ def torch_tps_grid_sample(images: Tensor, source_points: Tensor, target_points: 
     return F.grid_sample(images, grid, padding_mode=padding_mode, align_corners=False)
 
 
-class RARE(_CTCRecognizer):
+class RARE(_Rectifier):
     """RARE's spatial transformer + CRNN: a localisation network predicts
     ``num_fiducial`` points in the input (normalised coordinates, initialised
     to the base fiducials of :func:`visionops.ops.rare_fiducials`, so training
@@ -328,24 +343,30 @@ class RARE(_CTCRecognizer):
     because the base fiducials lie on the image border (``tanh`` would need an
     infinite bias to start at the identity).
 
+    ``localizer_size``, ``warmup_steps`` and ``localizer_step_scale`` work as
+    for :class:`STNRecognizer`.
+
     >>> model = RARE(37)
     >>> model(torch.rand(2, 1, 64, 128)).shape
     torch.Size([25, 2, 37])
     """
 
     def __init__(self, num_classes: int, in_channels: int = 1, output_size: tuple[int, int] = (32, 100),
-                 num_fiducial: int = 20, rnn: str = "lstm", hidden: int = 96, backend: str = "visionops") -> None:
+                 num_fiducial: int = 20, rnn: str = "lstm", hidden: int = 96, backend: str = "visionops",
+                 localizer_size: tuple[int, int] | None = None, warmup_steps: int = 0,
+                 localizer_step_scale: float = 0.1) -> None:
         super().__init__()
         self.backend = backend
         self.output_size = tuple(output_size)
         self.num_fiducial = num_fiducial
-        self.localizer = _Localizer(in_channels, 2 * num_fiducial, rare_fiducials(num_fiducial), backend)
+        self._init_rectifier(_Localizer(in_channels, 2 * num_fiducial, rare_fiducials(num_fiducial), backend,
+                                        step_scale=localizer_step_scale), localizer_size, warmup_steps)
         self.sampler = TPSGridSampler(self.output_size, num_fiducial, padding_mode="border")
         self.crnn = CRNN(num_classes, in_channels, self.output_size[0], rnn, hidden, backend=backend)
 
     def fiducials(self, images: Tensor) -> Tensor:
         """Predicted source fiducials ``[N, K, 2]`` in the input image."""
-        return self.localizer(images).view(-1, self.num_fiducial, 2)
+        return self._localize(images).view(-1, self.num_fiducial, 2)
 
     def rectify(self, images: Tensor) -> Tensor:
         points = self.fiducials(images)
