@@ -12,10 +12,12 @@
 # idle for 30 s is given back (a second call then rebuilds from scratch: 4 min):
 # put everything in one call, e.g.
 #   BUDGET=560 tools/gpu_check.sh build tests bench large sanitize conv sampling
-# Phases run in the order build, tests, bench, large, sanitize, each while budget is left.
+# Phases run in the order build, tests, bench, large, sanitize, each while budget is left;
+# with CONCURRENT=1: build, bench, then tests, large and sanitize side by side.
+# SANITIZE_TOOLS="memcheck racecheck" runs one sanitizer process per tool, side by side.
 # Usage: tools/gpu_check.sh [build] [tests] [bench] [large] [sanitize] [family ...]
 #        (no phase: build tests bench)
-# Env: OUT, TEST_TIMEOUT (s, 420), BENCH_TIMEOUT (s per family, 120: conv took 72 s on the H100 before its 16 pointwise cases), PYTEST_EXTRA,
+# Env: OUT, CONCURRENT, SANITIZE_TOOLS, MEMCHECK_K, RACECHECK_K, TEST_TIMEOUT (s, 420), BENCH_TIMEOUT (s per family, 120: conv took 72 s on the H100 before its 16 pointwise cases), PYTEST_EXTRA,
 #   BUDGET (s for the whole script, unset: none): with it, the tests get what the build
 #   left minus BENCH_RESERVE (s, 0), and a benchmark starts only while time is left, so
 #   that one device call can hold all three phases and still return its results.
@@ -52,7 +54,7 @@ if has build; then
 fi
 python3 -c "import visionops; print(visionops.build_info())" >> "$R/env.txt" 2>&1
 
-if has tests; then
+run_tests() {
   start=$(date +%s)
   # 16 cores: spread the tests (many are CPU-bound hypothesis properties) when pytest-xdist is there
   xdist=$(python3 -c "import xdist" 2>/dev/null && echo "-n 8")
@@ -63,20 +65,19 @@ if has tests; then
   echo "tests: rc $? in $(( $(date +%s) - start )) s" >> "$R/env.txt"
   echo "passed $(grep -c ' PASSED' "$R/tests.log"), failed $(grep -c ' FAILED' "$R/tests.log"), errors $(grep -c ' ERROR' "$R/tests.log")"
   grep -E "^(FAILED|ERROR) " "$R/tests.log" | head -40
-fi
-
-if has bench; then
+}
+run_bench() {
   [ ${#families[@]} -gt 0 ] || read -ra families <<< "$(python3 -c "from visionops.benchmarks import FAMILIES; print(' '.join(FAMILIES))")"
   for f in "${families[@]}"; do
-    bench_timeout=$(min "${BENCH_TIMEOUT:-120}" $(( $(left) - 5 )))
+    bench_timeout=$(min "${BENCH_TIMEOUT:-120}" $(( $(left) - ${BENCH_LEAVE:-5} )))
     [ "$bench_timeout" -ge 20 ] || { echo "bench $f: skipped, budget spent" >> "$R/env.txt"; continue; }
     start=$(date +%s)
     timeout "$bench_timeout" python3 -m visionops bench --device cuda --family "$f" --out "$R" > "$R/bench-$f.log" 2>&1
     echo "bench $f: rc $? in $(( $(date +%s) - start )) s" >> "$R/env.txt"
     grep "^|" "$R/bench-$f.log"
   done
-fi
-if has large; then
+}
+run_large() {
   large_timeout=$(min "${LARGE_TIMEOUT:-150}" $(( $(left) - ${LARGE_RESERVE:-0} )))
   if [ "$large_timeout" -ge 30 ]; then
     start=$(date +%s)
@@ -87,17 +88,38 @@ if has large; then
   else
     echo "large: skipped, budget spent" >> "$R/env.txt"
   fi
-fi
-
-if has sanitize; then
+}
+# One sanitizer tool per process (SANITIZE_TOOLS, default memcheck), each with its own
+# log folder, each spreading its tests over SANITIZE_WORKERS pytest-xdist workers (the
+# sanitizer follows them: --target-processes all).
+run_sanitize() {
   sanitize_timeout=$(min 300 $(( $(left) - 15 )))
   if [ "$sanitize_timeout" -ge 60 ]; then
-    OUT="$R/sanitize" SKIP_BUILD=1 TOOLS=memcheck MEMCHECK_TIMEOUT="$sanitize_timeout" tools/gpu_sanitize.sh \
-      > "$R/sanitize.log" 2>&1
-    echo "sanitize: rc $?" >> "$R/env.txt"
-    tail -25 "$R/sanitize.log"
+    xdist_s=$(python3 -c "import xdist" 2>/dev/null && echo "-n ${SANITIZE_WORKERS:-3}")
+    for tool in ${SANITIZE_TOOLS:-memcheck}; do
+      OUT="$R/sanitize-$tool" SKIP_BUILD=1 TOOLS=$tool MEMCHECK_TIMEOUT="$sanitize_timeout" \
+        RACECHECK_TIMEOUT="$sanitize_timeout" tools/gpu_sanitize.sh $xdist_s > "$R/sanitize-$tool.log" 2>&1 &
+    done
+    wait
+    for tool in ${SANITIZE_TOOLS:-memcheck}; do tail -25 "$R/sanitize-$tool.log"; done
   else
     echo "sanitize: skipped, budget spent" >> "$R/env.txt"
   fi
+}
+
+if [ "${CONCURRENT:-0}" = 1 ]; then
+  # Timed work first and alone; then the correctness phases side by side (nothing
+  # of theirs is timed, and the sanitizers would otherwise get what the tests left).
+  has bench && run_bench
+  has tests && { run_tests > "$R/tests.summary" 2>&1 & }
+  has large && { run_large > "$R/large.summary" 2>&1 & }
+  has sanitize && { run_sanitize > "$R/sanitize.summary" 2>&1 & }
+  wait
+  cat "$R"/*.summary 2>/dev/null
+else
+  has tests && run_tests
+  has bench && run_bench
+  has large && run_large
+  has sanitize && run_sanitize
 fi
 cat "$R/env.txt"

@@ -17,12 +17,12 @@
 #   * --leak-check no: torch keeps contexts and handles until exit.
 #   * HYPOTHESIS_PROFILE=sanitize (tests/conftest.py): 5 examples per property,
 #     the kernels run 10-100x slower under the sanitizer.
-#   * racecheck only sees shared-memory hazards (the NMS and TPS reduction
+#   * racecheck only sees shared-memory hazards (the NMS, TPS, CTC and depthwise
 #     kernels use shared memory); it is slower still, so it runs a selection
 #     by default (RACECHECK_K), override with RACECHECK_K="".
 # Usage: tools/gpu_sanitize.sh [extra pytest args]
 # Env: OUT, TOOLS (default "memcheck racecheck"), MEMCHECK_TIMEOUT (s, 300),
-#      RACECHECK_TIMEOUT (s, 200), RACECHECK_K (pytest -k for racecheck), SKIP_BUILD.
+#      RACECHECK_TIMEOUT (s, 200), MEMCHECK_K / RACECHECK_K (pytest -k for each), SKIP_BUILD.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/visionops-gpu}
@@ -51,15 +51,15 @@ export PYTORCH_NO_CUDA_MEMORY_CACHING=1 HYPOTHESIS_PROFILE=sanitize
 status=0
 for tool in ${TOOLS:-memcheck racecheck}; do
   case $tool in
-    memcheck) extra=(--leak-check no); limit=${MEMCHECK_TIMEOUT:-300}; k="" ;;
+    memcheck) extra=(--leak-check no); limit=${MEMCHECK_TIMEOUT:-300}; k=${MEMCHECK_K-} ;;
     racecheck) extra=(--racecheck-report analysis); limit=${RACECHECK_TIMEOUT:-200}
-               k=${RACECHECK_K-"nms or tps or ctc or box_iou"} ;;
+               k=${RACECHECK_K-"nms or tps or ctc or box_iou or depthwise"} ;;
     *) extra=(); limit=${SANITIZE_TIMEOUT:-300}; k="" ;;
   esac
   start=$(date +%s)
   timeout "$limit" "$SAN" --tool "$tool" "${extra[@]}" --target-processes all --print-limit 50 \
     --log-file "$R/$tool.%p.log" \
-    python3 -m pytest tests -m "cuda and not slow" -k "${k:+($k) and }not graph and not materialise" -q -rfE \
+    python3 -m pytest tests -m "cuda and not slow" -k "${k:+($k) and }not graph and not materialise" -v -rfE \
       -p no:cacheprovider "$@" > "$R/$tool-pytest.log" 2>&1
   rc=$?
   errors=$(grep -h "ERROR SUMMARY" "$R/$tool".*.log 2>/dev/null | awk '{s += $4} END {print s + 0}')
