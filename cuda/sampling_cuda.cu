@@ -302,7 +302,7 @@ std::tuple<at::Tensor, at::Tensor> grid_sample_backward_cuda(const at::Tensor& g
   const bool deterministic = at::globalContext().deterministicAlgorithms();
   if (output_mask[0] && output_mask[1] && !deterministic && in.numel() != 0 && g.numel() != 0) {
     const auto acc_type = at::toOpMathType(input.scalar_type());
-    auto acc = at::zeros(input.sizes(), input.options().dtype(acc_type).memory_format(fmt));
+    auto acc = at::empty(input.sizes(), input.options().dtype(acc_type), fmt).zero_();  // at::zeros drops fmt
     grad_grid = at::empty(grid.sizes(), grid.options());  // every point written
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "grid_sample_backward_cuda", [&] {
       using T = at::opmath_type<scalar_t>;

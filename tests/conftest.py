@@ -62,3 +62,17 @@ def pytest_collection_modifyitems(config, items):
     if large:
         config.hook.pytest_deselected(items=large)
         items[:] = [item for item in items if not item.get_closest_marker("large")]
+
+
+# tools/gpu_sanitize.sh: a time-boxed run sets VISIONOPS_DEADLINE (Unix seconds) so
+# that pytest ends by itself and every process exits normally: compute-sanitizer
+# writes a process's report when the process ends, and a run killed by `timeout`
+# lost its workers' reports (H100, 2026-11-27).
+_DEADLINE = float(os.environ.get("VISIONOPS_DEADLINE", "inf"))
+
+
+def pytest_runtest_setup(item):
+    import time
+
+    if time.time() > _DEADLINE:
+        pytest.skip("VISIONOPS_DEADLINE passed: this time-boxed run left the rest out")

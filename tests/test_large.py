@@ -53,7 +53,8 @@ def _rois(columns: int, dtype, device) -> torch.Tensor:
 def test_pooling_on_a_huge_map(op, columns, device):
     """roi and rotated families: the pooled last channels equal the pooling of
     those channels alone (bit for bit: the same cells, the same arithmetic); on
-    CUDA the gradient of the last channels too, and nothing elsewhere."""
+    CUDA the gradient of the last channels too (to the last bits, which the
+    atomics' order changes), and nothing elsewhere."""
     x = _huge_map(device)
     rois = _rois(columns, x.dtype, device)
     fn = getattr(ops, op)
@@ -68,7 +69,11 @@ def test_pooling_on_a_huge_map(op, columns, device):
         weights[:, -TAIL:] = torch.randn(weights[:, -TAIL:].shape, device=device)
         (grad,) = torch.autograd.grad(out, x, weights)
         (expected_grad,) = torch.autograd.grad(expected, small, weights[:, -TAIL:])
-        torch.testing.assert_close(grad[:, -TAIL:], expected_grad, rtol=0, atol=0)
+        # The CUDA backward scatters with atomics outside deterministic mode, so the
+        # sums' order (and the last bits) differ between two runs: the H100 showed
+        # up to 2.4e-7 absolute. A wrapped 32-bit offset would put whole values in
+        # the wrong place (checked by the zeros below).
+        torch.testing.assert_close(grad[:, -TAIL:], expected_grad, rtol=1e-5, atol=1e-6)
         assert not grad[:, :-TAIL].any()
 
 

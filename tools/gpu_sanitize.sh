@@ -57,13 +57,21 @@ for tool in ${TOOLS:-memcheck racecheck}; do
     *) extra=(); limit=${SANITIZE_TIMEOUT:-300}; k="" ;;
   esac
   start=$(date +%s)
+  # tests stop starting a quarter of the time (at least 40 s) before the limit, so that
+  # the processes exit by themselves and the sanitizer writes their reports (tests/conftest.py)
+  margin=$(( limit / 4 > 40 ? limit / 4 : 40 ))
+  export VISIONOPS_DEADLINE=$(( start + limit - margin ))
   timeout "$limit" "$SAN" --tool "$tool" "${extra[@]}" --target-processes all --print-limit 50 \
     --log-file "$R/$tool.%p.log" \
     python3 -m pytest tests -m "cuda and not slow" -k "${k:+($k) and }not graph and not materialise" -v -rfE \
       -p no:cacheprovider "$@" > "$R/$tool-pytest.log" 2>&1
   rc=$?
   errors=$(grep -h "ERROR SUMMARY" "$R/$tool".*.log 2>/dev/null | awk '{s += $4} END {print s + 0}')
-  echo "$tool: pytest rc $rc in $(( $(date +%s) - start )) s, sanitizer errors: $errors" | tee -a "$R/env.txt"
+  # one ERROR SUMMARY per process that ended normally (pytest and each xdist worker;
+  # a killed process writes none, and its errors are unknown)
+  summaries=$(cat "$R/$tool".*.log 2>/dev/null | grep -c "ERROR SUMMARY")
+  echo "$tool: pytest rc $rc in $(( $(date +%s) - start )) s, sanitizer errors: $errors" \
+    "(ERROR SUMMARY lines: $summaries)" | tee -a "$R/env.txt"
   grep -hE "^(FAILED|ERROR)|passed|failed" "$R/$tool-pytest.log" | tail -8
   grep -h "^========= " "$R/$tool".*.log 2>/dev/null | grep -vE "COMPUTE-SANITIZER|ERROR SUMMARY|^========= *$" \
     | sort | uniq -c | sort -rn | head -20
