@@ -113,6 +113,17 @@ def test_resume_single_process_matches_uninterrupted(tmp_path, device):
     assert not list((tmp_path / "a").glob("*.tmp"))  # the temporary file was renamed over the checkpoint
 
 
+def test_models_with_observe_loss_get_every_steps_training_loss(monkeypatch):
+    """The harness reports each step's (all-reduced) training loss to a model
+    that asks for it: the rectifiers' loss-gated warm-up reads it."""
+    import toy_tasks
+
+    seen = []
+    monkeypatch.setattr(toy_tasks.ToyNet, "observe_loss", lambda self, loss: seen.append(loss), raising=False)
+    result = train("toy", max_steps=5, device="cpu", log=None)
+    assert seen == result.losses and len(seen) == 5
+
+
 def test_curriculum_difficulty_follows_the_step_across_a_resume(tmp_path):
     import toy_tasks
     from visionops.training import TASKS, Task, register_task

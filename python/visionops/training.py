@@ -514,6 +514,7 @@ def _train(task: Task, ctx: _Dist, minutes: float, seed: int, max_steps: int | N
     bar = _progress_bar(max_steps, step, task.name) if (log and progress) else None
     emit = (bar.write if bar is not None else log) if log else None
     losses: list[float] = []
+    observe_loss = getattr(model, "observe_loss", None)
     while not stop:
         model.train()
         batch = _to_device(task.batch(generator, step), device)
@@ -527,6 +528,8 @@ def _train(task: Task, ctx: _Dist, minutes: float, seed: int, max_steps: int | N
         step += 1
         mean_loss, stop, fraction = ctx.agree(loss, should_stop(), budget_done())
         losses.append(mean_loss)
+        if observe_loss is not None:
+            observe_loss(mean_loss)  # e.g. a rectifier's loss-gated warm-up; the same value on every rank
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{mean_loss:.4f}", refresh=False)
