@@ -380,8 +380,17 @@ def test_tasks_are_registered_and_use_ctc_targets():
     import visionops.models  # noqa: F401
     from visionops.training import TASKS
 
-    for name in ("crnn", "stn", "rare", "crnn-affine", "crnn-curved"):
+    for name in ("crnn", "stn", "rare", "crnn-affine", "crnn-curved", "stn-strong", "crnn-affine-strong",
+                 "rare-strong", "crnn-curved-strong"):
         assert name in TASKS and TASKS[name].metric == "accuracy"
+    # the rectifier recipes are paired with their baselines: same initial recogniser
+    for rectifier in ("stn", "rare"):
+        torch.manual_seed(0)
+        rect = TASKS[rectifier].build_model()
+        torch.manual_seed(0)
+        plain = TASKS["crnn-affine"].build_model()
+        assert rect.warmup_loss is not None and rect.output_size == (64, 128)
+        assert all(torch.equal(rect.crnn.state_dict()[k], v) for k, v in plain.state_dict().items())
     # each rectifier and its plain baseline train on the same data, step by step: the warps'
     # strength ramps from 0 to 1 over the curriculum, then stays at 1
     for names, kind in ((("stn", "crnn-affine"), "affine"), (("rare", "crnn-curved"), "curved")):
