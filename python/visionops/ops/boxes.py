@@ -65,7 +65,7 @@ def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     """
     check_tensor(boxes1, "boxes1", "box_iou")
     check_tensor(boxes2, "boxes2", "box_iou")
-    return torch.ops.visionops.box_iou.default(boxes1, boxes2)
+    return torch.ops.visionops.box_iou(boxes1, boxes2)
 
 
 def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
@@ -89,7 +89,7 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     """
     check_tensor(boxes, "boxes", "nms")
     check_tensor(scores, "scores", "nms")
-    return torch.ops.visionops.nms.default(boxes, scores, _threshold(iou_threshold, "nms"))
+    return torch.ops.visionops.nms(boxes, scores, _threshold(iou_threshold, "nms"))
 
 
 def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
@@ -112,7 +112,7 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
     """
     for name, value in (("boxes", boxes), ("scores", scores), ("idxs", idxs)):
         check_tensor(value, name, "batched_nms")
-    return torch.ops.visionops.batched_nms.default(boxes, scores, idxs, _threshold(iou_threshold, "batched_nms"))
+    return torch.ops.visionops.batched_nms(boxes, scores, idxs, _threshold(iou_threshold, "batched_nms"))
 
 
 def nms_fixed(
@@ -141,9 +141,7 @@ def nms_fixed(
         raise TypeError(f"nms_fixed: max_output_size must be an int, got {type(max_output_size).__name__}")
     if max_output_size < 0:
         raise ValueError(f"nms_fixed: max_output_size must be non-negative, got {max_output_size}")
-    return torch.ops.visionops.nms_fixed.default(
-        boxes, scores, idxs, _threshold(iou_threshold, "nms_fixed"), max_output_size
-    )
+    return torch.ops.visionops.nms_fixed(boxes, scores, idxs, _threshold(iou_threshold, "nms_fixed"), max_output_size)
 
 
 # ---------------------------------------------------------------- fake kernels

@@ -109,9 +109,7 @@ def depthwise_conv2d(
     stride_ = list(pair(stride, "stride", op))
     dilation_ = list(pair(dilation, "dilation", op))
     pad = _padding(padding, weight, stride_, dilation_, op)
-    out = torch.ops.visionops.depthwise_conv2d.default(
-        input, weight, bias, stride_, pad, dilation_, _ACTIVATIONS[activation]
-    )
+    out = torch.ops.visionops.depthwise_conv2d(input, weight, bias, stride_, pad, dilation_, _ACTIVATIONS[activation])
     return out.squeeze(0) if unbatched else out
 
 
@@ -162,9 +160,9 @@ def conv2d(
     dilation_ = list(pair(dilation, "dilation", op))
     pad = _padding(padding, weight, stride_, dilation_, op)
     if input.dim() == 4 and weight.dim() == 4 and groups > 1 and groups == input.size(1) and weight.size(1) == 1:
-        out = torch.ops.visionops.depthwise_conv2d.default(input, weight, bias, stride_, pad, dilation_, 0)
+        out = torch.ops.visionops.depthwise_conv2d(input, weight, bias, stride_, pad, dilation_, 0)
     else:
-        out = torch.ops.visionops.conv2d.default(input, weight, bias, stride_, pad, dilation_, groups)
+        out = torch.ops.visionops.conv2d(input, weight, bias, stride_, pad, dilation_, groups)
     return out.squeeze(0) if unbatched else out
 
 

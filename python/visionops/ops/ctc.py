@@ -118,7 +118,7 @@ def ctc_loss(
     if device.type != "cpu" and il_host and tl_host and not torch.compiler.is_compiling():
         # free on the host: the errors the CPU kernel raises, for a GPU input
         _check_host_lengths(op, il, tl, log_probs.size(0), max_target_length, log_probs.size(1))
-    loss, _ = torch.ops.visionops.ctc_loss.default(
+    loss, _ = torch.ops.visionops.ctc_loss(
         log_probs, targets.to(device), il.to(device), tl.to(device), max_target_length, int(blank), bool(zero_infinity)
     )
     if reduction == "mean":
@@ -229,7 +229,7 @@ def ctc_beam_search_decode(
         log_probs = log_probs.unsqueeze(1)
     device = log_probs.device
     lengths = _as_lengths(input_lengths, "input_lengths", op, torch.device("cpu"))
-    labels, counts, scores = torch.ops.visionops.ctc_beam_search_decode.default(
+    labels, counts, scores = torch.ops.visionops.ctc_beam_search_decode(
         log_probs.detach().cpu(), lengths, beam_width, int(blank)
     )
     seqs = [labels[i, : int(k)].to(device) for i, k in enumerate(counts.tolist())]

@@ -91,9 +91,7 @@ def roi_align(
     check_tensor(input, "input", "roi_align")
     rois = convert_boxes_to_rois(boxes, "roi_align")
     ph, pw = pair(output_size, "output_size", "roi_align")
-    return torch.ops.visionops.roi_align.default(
-        input, rois, float(spatial_scale), ph, pw, int(sampling_ratio), bool(aligned)
-    )
+    return torch.ops.visionops.roi_align(input, rois, float(spatial_scale), ph, pw, int(sampling_ratio), bool(aligned))
 
 
 def roi_pool(
@@ -118,7 +116,7 @@ def roi_pool(
     check_tensor(input, "input", "roi_pool")
     rois = convert_boxes_to_rois(boxes, "roi_pool")
     ph, pw = pair(output_size, "output_size", "roi_pool")
-    output, _ = torch.ops.visionops.roi_pool.default(input, rois, float(spatial_scale), ph, pw)
+    output, _ = torch.ops.visionops.roi_pool(input, rois, float(spatial_scale), ph, pw)
     return output
 
 

@@ -175,7 +175,7 @@ def box_iou_rotated(boxes1: Tensor, boxes2: Tensor, mode: str = "iou", aligned: 
     check_tensor(boxes2, "boxes2", "box_iou_rotated")
     if not isinstance(mode, str) or mode not in _MODES:
         raise ValueError(f"box_iou_rotated: mode must be 'iou' or 'iof', got {mode!r}")
-    return torch.ops.visionops.box_iou_rotated.default(boxes1, boxes2, _MODES[mode], bool(aligned))
+    return torch.ops.visionops.box_iou_rotated(boxes1, boxes2, _MODES[mode], bool(aligned))
 
 
 def convert_rotated_boxes_to_rois(boxes: RotatedBoxesLike, op: str = "roi_align_rotated") -> Tensor:
@@ -260,7 +260,7 @@ def roi_align_rotated(
     check_tensor(input, "input", "roi_align_rotated")
     r = convert_rotated_boxes_to_rois(rois, "roi_align_rotated")
     ph, pw = pair(output_size, "output_size", "roi_align_rotated")
-    return torch.ops.visionops.roi_align_rotated.default(
+    return torch.ops.visionops.roi_align_rotated(
         input, r, float(spatial_scale), ph, pw, int(sampling_ratio), bool(aligned)
     )
 
@@ -295,7 +295,7 @@ def roi_pool_rotated(
     check_tensor(input, "input", "roi_pool_rotated")
     r = convert_rotated_boxes_to_rois(rois, "roi_pool_rotated")
     ph, pw = pair(output_size, "output_size", "roi_pool_rotated")
-    output, _ = torch.ops.visionops.roi_pool_rotated.default(input, r, float(spatial_scale), ph, pw)
+    output, _ = torch.ops.visionops.roi_pool_rotated(input, r, float(spatial_scale), ph, pw)
     return output
 
 
@@ -356,7 +356,7 @@ def nms_rotated(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
 
     check_tensor(boxes, "boxes", "nms_rotated")
     check_tensor(scores, "scores", "nms_rotated")
-    return torch.ops.visionops.nms_rotated.default(boxes, scores, _threshold(iou_threshold, "nms_rotated"))
+    return torch.ops.visionops.nms_rotated(boxes, scores, _threshold(iou_threshold, "nms_rotated"))
 
 
 def batched_nms_rotated(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
@@ -373,7 +373,7 @@ def batched_nms_rotated(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_thresho
 
     for name, value in (("boxes", boxes), ("scores", scores), ("idxs", idxs)):
         check_tensor(value, name, "batched_nms_rotated")
-    return torch.ops.visionops.batched_nms_rotated.default(
+    return torch.ops.visionops.batched_nms_rotated(
         boxes, scores, idxs, _threshold(iou_threshold, "batched_nms_rotated")
     )
 

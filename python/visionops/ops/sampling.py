@@ -87,7 +87,7 @@ def grid_sample(
     """
     check_tensor(input, "input", "grid_sample")
     check_tensor(grid, "grid", "grid_sample")
-    return torch.ops.visionops.grid_sample.default(
+    return torch.ops.visionops.grid_sample(
         input, grid, _mode(mode, "grid_sample"), _padding(padding_mode, "grid_sample"), bool(align_corners)
     )
 
@@ -171,7 +171,7 @@ def affine_grid_sample(
     check_tensor(input, "input", "affine_grid_sample")
     check_tensor(theta, "theta", "affine_grid_sample")
     h, w = pair(output_size, "output_size", "affine_grid_sample")
-    return torch.ops.visionops.affine_grid_sample.default(
+    return torch.ops.visionops.affine_grid_sample(
         input,
         theta,
         h,
@@ -354,7 +354,7 @@ def tps_grid(
     """
     target = _tps_args(kernel_weights, affine_weights, target_points, "tps_grid")
     h, w = pair(output_size, "output_size", "tps_grid")
-    return torch.ops.visionops.tps_grid.default(kernel_weights, affine_weights, target, h, w, bool(align_corners))
+    return torch.ops.visionops.tps_grid(kernel_weights, affine_weights, target, h, w, bool(align_corners))
 
 
 def tps_grid_sample(
@@ -392,7 +392,7 @@ def tps_grid_sample(
     check_tensor(input, "input", "tps_grid_sample")
     target = _tps_args(kernel_weights, affine_weights, target_points, "tps_grid_sample")
     h, w = pair(output_size, "output_size", "tps_grid_sample")
-    return torch.ops.visionops.tps_grid_sample.default(
+    return torch.ops.visionops.tps_grid_sample(
         input,
         kernel_weights,
         affine_weights,
