@@ -17,7 +17,7 @@
 # SANITIZE_TOOLS="memcheck racecheck" runs one sanitizer process per tool, side by side.
 # Usage: tools/gpu_check.sh [build] [tests] [bench] [large] [sanitize] [family ...]
 #        (no phase: build tests bench)
-# Env: OUT, CONCURRENT, SANITIZE_TOOLS, MEMCHECK_K, RACECHECK_K, TEST_TIMEOUT (s, 420), BENCH_TIMEOUT (s per family, 120: conv took 72 s on the H100 before its 16 pointwise cases), PYTEST_EXTRA,
+# Env: OUT, CONCURRENT, SANITIZE_TOOLS, SANITIZE_WORKERS (3), MEMCHECK_K, RACECHECK_K, BENCH_LEAVE (s, 5), TEST_TIMEOUT (s, 420), BENCH_TIMEOUT (s per family, 120: conv took 72 s on the H100 before its 16 pointwise cases), PYTEST_EXTRA,
 #   BUDGET (s for the whole script, unset: none): with it, the tests get what the build
 #   left minus BENCH_RESERVE (s, 0), and a benchmark starts only while time is left, so
 #   that one device call can hold all three phases and still return its results.
