@@ -11,7 +11,7 @@
 // Both recursions visit only the cells on some complete path (ctc.h window);
 // for float32 a step's positions go 8 at a time through AVX2 (row kernels
 // below). The dense part of the gradient, g * exp(log_probs), is one pass over
-// the rows (ATen's exp then a scaling pass for large inputs).
+// the rows (for large double inputs ATen's exp then a scaling pass).
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -36,6 +36,8 @@
 #include <immintrin.h>
 extern "C" __m256 Sleef_expf8_u10(__m256);
 extern "C" __m256 Sleef_logf8_u10(__m256);
+// the 16-lane AVX-512 exp, weak: a libtorch built without it leaves it null
+extern "C" __m512 Sleef_expf16_u10(__m512) __attribute__((weak));
 #define VISIONOPS_CTC_AVX2 1
 #endif
 
@@ -257,8 +259,18 @@ __attribute__((target("avx2,fma"))) int64_t exp_scale_row_avx2(const float* lp, 
   return c;
 }
 
+__attribute__((target("avx512f"))) int64_t exp_scale_row_avx512(const float* lp, float* out, int64_t C, float g) {
+  const __m512 gv = _mm512_set1_ps(g);
+  int64_t c = 0;
+  for (; c + 16 <= C; c += 16) _mm512_storeu_ps(out + c, _mm512_mul_ps(Sleef_expf16_u10(_mm512_loadu_ps(lp + c)), gv));
+  return c;
+}
+
+bool have_avx512_exp() { return cpu_has_avx512() && Sleef_expf16_u10 != nullptr; }
+
 void exp_scale_row(const float* lp, float* out, int64_t C, float g) {
-  const int64_t rest = have_avx2() ? exp_scale_row_avx2(lp, out, C, g) : 0;
+  int64_t rest = have_avx512_exp() ? exp_scale_row_avx512(lp, out, C, g) : 0;
+  if (have_avx2()) rest += exp_scale_row_avx2(lp + rest, out + rest, C - rest, g);
   exp_scale_row<float, float>(lp + rest, out + rest, C - rest, g);
 }
 #endif
@@ -370,12 +382,13 @@ at::Tensor ctc_loss_backward_cpu(const at::Tensor& grad_, const at::Tensor& log_
   const auto grad = grad_.to(log_probs.scalar_type()).contiguous();
   const int64_t Sp = log_alpha.size(2);
 
-  // exp(log_probs) is the dense part of every row: for float and double ATen's
-  // vectorised exp computes it, the per-sample loop below scales it in place.
-  // Large float/double inputs: ATen's exp (AVX-512 where the CPU has it) then a
-  // scaling pass beats one fused AVX2 pass; small ones stay in one serial pass.
-  const bool aten_exp = (log_probs.scalar_type() == at::kFloat || log_probs.scalar_type() == at::kDouble) &&
-                        log_probs.numel() >= kSerialElements;
+  // exp(log_probs) is the dense part of every row. float: one fused pass of
+  // SLEEF's exp and the scaling (AVX-512 or AVX2; 2026-11-27, AMD EPYC with
+  // AVX-512, T=500 N=16 C=6000: 70 ms against 81 ms for ATen's exp then a
+  // scaling pass, of which ~47 ms are the first-touch page faults of the fresh
+  // 192 MB gradient, which torch pays too). double: ATen's vectorised exp, then
+  // the per-row loop below scales it in place.
+  const bool aten_exp = log_probs.scalar_type() == at::kDouble && log_probs.numel() >= kSerialElements;
   auto grad_lp = aten_exp ? at::exp(log_probs) : at::empty_like(log_probs, at::MemoryFormat::Contiguous);
   if (grad_lp.numel() == 0) return grad_lp;
 

@@ -5,8 +5,8 @@ and AVX-512 and the best one for the CPU runs (cpp/include/visionops/cpu_isa.h).
 The normal test run only reaches the best; ``VISIONOPS_CPU_ISA=generic|avx2``
 (read once per process) caps the choice, so each variant is checked here in a
 subprocess: depthwise convolution, bilinear grid sampling and thin-plate-spline
-grids, forward and gradients, and RoIPool's values and argmax, on shapes whose rows
-end in partial vectors.
+grids, forward and gradients, RoIPool's values and argmax, and the CTC loss'
+gradient (SLEEF exp in 16 or 8 lanes), on shapes whose rows end in partial vectors.
 """
 
 from __future__ import annotations
@@ -196,6 +196,18 @@ for (b, k, oh, ow), ac in itertools.product([(2, 20, 5, 130), (1, 7, 3, 64), (2,
             # (~n * 2^-24 = 1e-4 of the largest gradient): torch's own error, the other part
             # of the bound, is smaller on some CPUs (AVX-512 EPYC: 1.4e-5 of it, ours 7.7e-5)
             check_like_torch(f"tps_grid_sample grad {name} {pad} {case}", ours, peer_grad, r, factor=3, floor=1e-4)
+
+# CTC loss gradient, whose dense part exp(log_probs) * g runs 16 lanes (AVX-512), 8 (AVX2)
+# and the rest one by one: C = 5, 29 (16 + 8 + 5) and 40 (16 + 16 + 8) against float64 torch
+for c in (5, 29, 40):
+    lp64 = torch.randn(12, 3, c, dtype=torch.float64).log_softmax(2)
+    targets = torch.randint(1, c, (3, 4))
+    lengths = (torch.tensor([12, 10, 7]), torch.tensor([4, 2, 3]))
+    lp32 = lp64.float().requires_grad_()
+    (ours,) = torch.autograd.grad(ops.ctc_loss(lp32, targets, *lengths), lp32)
+    lr = lp64.clone().requires_grad_()
+    (ref,) = torch.autograd.grad(F.ctc_loss(lr, targets, *lengths), lr)
+    check(f"ctc_loss grad C={c}", ours.double(), ref, 1e-5)
 
 # RoIPool: channel counts 1, 5, 19 and 37 cover whole and partial 8- and 16-lane vectors; ties and NaNs
 # exercise the first-maximum and first-NaN rules in every lane (values and argmax must equal the oracle)
