@@ -380,11 +380,16 @@ def test_tasks_are_registered_and_use_ctc_targets():
     import visionops.models  # noqa: F401
     from visionops.training import TASKS
 
-    for name in ("crnn", "stn", "rare", "crnn-affine", "crnn-curved", "stn-strong", "crnn-affine-strong",
-                 "rare-strong", "crnn-curved-strong"):
+    for name in ("crnn", "stn", "stn-paired", "rare", "crnn-affine", "crnn-curved", "stn-strong",
+                 "crnn-affine-strong", "rare-strong", "crnn-curved-strong"):
         assert name in TASKS and TASKS[name].metric == "accuracy"
-    # the rectifier recipes are paired with their baselines: same initial recogniser
-    for rectifier in ("stn", "rare"):
+    # `stn` rectifies to the paper's 32x100 for a CRNN of height 32 (cheaper steps than the
+    # plain CRNN on the 64x128 lines)
+    stn = TASKS["stn"].build_model()
+    assert stn.output_size == (32, 100) and stn.warmup_loss is not None
+    assert stn(torch.rand(2, 1, 64, 128)).shape == (25, 2, Alphabet().num_classes)
+    # the paired recipes start as their baselines: same initial recogniser
+    for rectifier in ("stn-paired", "rare"):
         torch.manual_seed(0)
         rect = TASKS[rectifier].build_model()
         torch.manual_seed(0)
