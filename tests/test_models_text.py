@@ -389,7 +389,7 @@ def test_tasks_are_registered_and_use_ctc_targets():
     assert stn.output_size == (32, 100) and stn.warmup_loss is not None
     assert stn(torch.rand(2, 1, 64, 128)).shape == (25, 2, Alphabet().num_classes)
     # the paired recipes start as their baselines: same initial recogniser
-    for rectifier in ("stn-paired", "rare"):
+    for rectifier in ("stn-paired", "stn-strong", "rare"):
         torch.manual_seed(0)
         rect = TASKS[rectifier].build_model()
         torch.manual_seed(0)
