@@ -530,7 +530,7 @@ def _stn_for_lines(output_size: tuple[int, int] = (32, 100)) -> STNRecognizer:
     # (_WARMUP_LOSS), then moves at 0.3 of the recogniser's rate.
     # `stn` rectifies to the paper's 32x100, read by a CRNN of height 32: a step costs ~0.7 of the
     # plain CRNN's on the 64x128 input, so in the same time the STN takes ~1.4x the steps, and it
-    # won all three seeds at equal time (README). `stn-paired` rectifies to the input's 64x128, so
+    # won all five seeds at equal time (README). `stn-paired` rectifies to the input's 64x128, so
     # that it starts as exactly the plain baseline (same initial CRNN, identity warp, no resampling
     # while warming up) and trains bit for bit as it until the localiser starts: the comparison at
     # equal steps, which isolates the localiser. Recipes that lost (README, all): six free entries,
