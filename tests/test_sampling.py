@@ -171,6 +171,32 @@ def test_non_finite_and_huge_grid_values_do_not_crash(device):
                 assert (out[..., 3] == 0).all()
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("width", [2, 5, 17])
+def test_inf_beside_the_edge_corner_does_not_leak(device, width):
+    # Points whose left corner is column -1 or whose right corner is column W:
+    # the AVX-512 kernel fetches both corners of a row in one 64-bit lane from a
+    # pair moved inside the image, so it also loads the in-image column next to
+    # the real corner (column 1, column W - 2). Filled with inf, that column must
+    # be dropped, not multiplied by a zero weight (0 * inf = NaN). torch never
+    # reads it. 24 points per row fill a 16-point vector and part of another.
+    h = 4
+    x = torch.randn(1, 3, h, width, device=device)
+    if width > 2:
+        x[..., 1] = float("inf")
+        x[..., width - 2] = float("inf")
+    # pixel x in (-1, 0) or (W - 1, W) (align_corners=False: pixel p is at (2p + 1) / W - 1)
+    px = torch.tensor([-0.5, -0.25, -0.9, width - 0.5, width - 0.1, width - 0.75] * 4, device=device)
+    py = torch.linspace(-0.5, h - 0.5, px.numel(), device=device)
+    grid = torch.stack([(2 * px + 1) / width - 1, (2 * py + 1) / h - 1], -1).view(1, 1, -1, 2)
+    for padding in ["zeros", "border"] if width > 2 else ["zeros", "border", "reflection"]:
+        out = ops.grid_sample(x, grid, "bilinear", padding)
+        ref = F.grid_sample(x, grid, "bilinear", padding, align_corners=False)
+        if width > 2 and padding == "zeros":
+            assert torch.isfinite(out).all()
+        torch.testing.assert_close(out, ref, equal_nan=True)
+
+
 # ---------------------------------------------------------------- affine
 
 
