@@ -180,6 +180,7 @@ def test_inf_beside_the_edge_corner_does_not_leak(device, width):
     # the real corner (column 1, column W - 2). Filled with inf, that column must
     # be dropped, not multiplied by a zero weight (0 * inf = NaN). torch never
     # reads it. 24 points per row fill a 16-point vector and part of another.
+    # The grid gradient's backward kernel reads the corners the same way.
     h = 4
     x = torch.randn(1, 3, h, width, device=device)
     if width > 2:
@@ -189,12 +190,17 @@ def test_inf_beside_the_edge_corner_does_not_leak(device, width):
     px = torch.tensor([-0.5, -0.25, -0.9, width - 0.5, width - 0.1, width - 0.75] * 4, device=device)
     py = torch.linspace(-0.5, h - 0.5, px.numel(), device=device)
     grid = torch.stack([(2 * px + 1) / width - 1, (2 * py + 1) / h - 1], -1).view(1, 1, -1, 2)
+    grid.requires_grad_(True)
     for padding in ["zeros", "border"] if width > 2 else ["zeros", "border", "reflection"]:
         out = ops.grid_sample(x, grid, "bilinear", padding)
         ref = F.grid_sample(x, grid, "bilinear", padding, align_corners=False)
+        # the grid gradient reads the same corners (backward kernel)
+        (grad,) = torch.autograd.grad(out.sum(), grid)
+        (ref_grad,) = torch.autograd.grad(ref.sum(), grid)
         if width > 2 and padding == "zeros":
-            assert torch.isfinite(out).all()
+            assert torch.isfinite(out).all() and torch.isfinite(grad).all()
         torch.testing.assert_close(out, ref, equal_nan=True)
+        torch.testing.assert_close(grad, ref_grad, equal_nan=True)
 
 
 # ---------------------------------------------------------------- affine
