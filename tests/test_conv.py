@@ -185,6 +185,9 @@ MOBILE_SHAPES = [
     (1, 8, 29, 29, 7, 2, 3, 2),
     (1, 12, 28, 28, 13, 1, 6, 1),
     (3, 5, 14, 14, 3, 1, 0, 3),
+    # stride-2 NCHW rows copied by every-other blocks of 16 + 8 (56 wide) and 8 + 4 (28 wide)
+    (1, 8, 56, 56, 3, 2, 1, 1),
+    (2, 16, 28, 28, 3, 2, 1, 1),
     # NCHW planes narrower than 16 run the channels_last kernels on a transposed copy
     (2, 24, 14, 14, 3, 1, 1, 1),
     (2, 16, 13, 13, 3, 2, 1, 1),
