@@ -185,6 +185,11 @@ MOBILE_SHAPES = [
     (1, 8, 29, 29, 7, 2, 3, 2),
     (1, 12, 28, 28, 13, 1, 6, 1),
     (3, 5, 14, 14, 3, 1, 0, 3),
+    # images of >= 1 MB (float32): channels_last 3x3 prefetches the next input row,
+    # k >= 5 writes its output with streaming stores
+    (1, 32, 96, 96, 3, 1, 1, 1),
+    (1, 64, 64, 64, 5, 1, 2, 1),
+    (1, 64, 64, 64, 7, 1, 3, 1),
     # stride-2 NCHW rows copied by every-other blocks of 16 + 8 (56 wide) and 8 + 4 (28 wide)
     (1, 8, 56, 56, 3, 2, 1, 1),
     (2, 16, 28, 28, 3, 2, 1, 1),
