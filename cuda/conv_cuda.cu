@@ -17,6 +17,9 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <cstdlib>
+#include <string>
+
 #include "visionops/check.h"
 #include "visionops/conv.h"
 #include "visionops/conv_ops.h"
@@ -556,6 +559,208 @@ __global__ void __launch_bounds__(kTileX* kTileY)
   }
 }
 
+// ---- strip kernels: the forward (and the stride-1 input gradient) of square
+// 3x3, 5x5 and 7x7 kernels at stride 1 or 2 without dilation, i.e. every
+// depthwise layer of MobileNet, ShuffleNet and the large-kernel nets. The tiled
+// kernels above computed one output per thread from KH*KW loads and paid a
+// 64-bit division per output; on an H100 their forward reached 0.28-0.79x of
+// cuDNN (bench/results/NVIDIA-H100-80GB-HBM3-2026-11-27-run3-conv.md). Here a
+// thread computes kStrip outputs, down a column (NCHW) or along a row
+// (channels_last), with the channel's K*K weights in registers, and loads each
+// input value its strip needs once: (kStrip - 1) * S + K rows (columns) of K
+// values for kStrip outputs, 4.5 loads per 3x3 output at stride 1 instead of 9.
+// Threads run over a flat item index (no idle threads on 7x7 or 14x14 planes)
+// split by FastDivmod. Each output's sum runs over the taps in the order of
+// dw_taps (bias first, then row by row), so both kernels give the same float sums.
+constexpr int kStrip = 4;
+
+// n / d for 0 <= n < 2^31 and a divisor fixed for the launch: a multiply-high
+// and a shift (division by invariant integers, Granlund and Montgomery 1994)
+// instead of the GPU's ~20-instruction division routine, three per item here.
+struct FastDivmod {
+  unsigned d, magic, shift;
+  explicit FastDivmod(int divisor) : d(unsigned(divisor)), magic(0), shift(0) {
+    while ((1u << shift) < d) ++shift;  // ceil(log2(d)); d < 2^31
+    magic = unsigned((uint64_t(1) << 32) * ((uint64_t(1) << shift) - d) / d + 1);
+  }
+  __device__ __forceinline__ unsigned div(unsigned n) const { return (__umulhi(n, magic) + n) >> shift; }
+};
+
+// The channel's taps, in registers; kFlip: rotated by 180 degrees (the input
+// gradient at stride 1 is the forward of the output gradient with the kernel
+// rotated and the padding mirrored, K - 1 - pad).
+template <int K, bool kFlip, typename T, typename scalar_t>
+__device__ __forceinline__ void dw_load_taps(const scalar_t* __restrict__ w, T (&taps)[K * K]) {
+#pragma unroll
+  for (int t = 0; t < K * K; ++t) taps[t] = static_cast<T>(w[kFlip ? K * K - 1 - t : t]);
+}
+
+// NCHW: item = (plane * strips + strip) * OW + ow; outputs (strip * kStrip + s, ow)
+template <typename scalar_t, int K, int S, bool kFlip>
+__global__ void __launch_bounds__(kTileX* kTileY)
+    dw_forward_nchw_strips(const scalar_t* __restrict__ input, const scalar_t* __restrict__ weight,
+                           const scalar_t* __restrict__ bias, scalar_t* __restrict__ output, DwGeom32 g, int act,
+                           int items, FastDivmod by_ow, FastDivmod by_strips, FastDivmod by_oc) {
+  using T = at::opmath_type<scalar_t>;
+  for (int64_t item = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; item < items;
+       item += int64_t(gridDim.x) * blockDim.x) {
+    const unsigned u = unsigned(item), rest = by_ow.div(u), ow = u - rest * by_ow.d;
+    const unsigned plane = by_strips.div(rest), strip = rest - plane * by_strips.d;
+    const unsigned n = by_oc.div(plane), oc = plane - n * by_oc.d;
+    const int c = g.m == 1 ? int(oc) : int(oc) / g.m;
+    const scalar_t* in = input + (int64_t(n) * g.C + c) * (int64_t(g.H) * g.W);
+    T taps[K * K];
+    dw_load_taps<K, kFlip>(weight + oc * (K * K), taps);
+    const T b = bias ? static_cast<T>(bias[oc]) : T(0);
+    T acc[kStrip];
+#pragma unroll
+    for (int s = 0; s < kStrip; ++s) acc[s] = b;
+    const int oh0 = int(strip) * kStrip, ih0 = oh0 * S - g.pt, iw0 = int(ow) * S - g.pl;
+#pragma unroll
+    for (int r = 0; r < (kStrip - 1) * S + K; ++r) {
+      const int ih = ih0 + r;
+      if (ih < 0 || ih >= g.H) continue;
+      T v[K];
+      bool inside[K];  // padding is skipped, as in dw_taps (an infinite tap times 0 would be NaN)
+#pragma unroll
+      for (int j = 0; j < K; ++j) {
+        const int iw = iw0 + j;
+        inside[j] = iw >= 0 && iw < g.W;
+        v[j] = inside[j] ? static_cast<T>(in[ih * g.W + iw]) : T(0);
+      }
+#pragma unroll
+      for (int s = 0; s < kStrip; ++s) {
+        const int i = r - s * S;  // this row's tap row for output s (known at compile time)
+        if (i < 0 || i >= K) continue;
+#pragma unroll
+        for (int j = 0; j < K; ++j) {
+          if (inside[j]) acc[s] += taps[i * K + j] * v[j];
+        }
+      }
+    }
+    scalar_t* out = output + int64_t(plane) * (int64_t(g.OH) * g.OW) + ow;
+#pragma unroll
+    for (int s = 0; s < kStrip; ++s) {
+      if (oh0 + s < g.OH) out[(oh0 + s) * g.OW] = static_cast<scalar_t>(apply_activation(acc[s], act));
+    }
+  }
+}
+
+// channels_last: item = ((n * OH + oh) * strips + strip) * OC + oc (a warp reads
+// consecutive channels); outputs (oh, strip * kStrip + s). Reads the [OC, K*K] weight.
+template <typename scalar_t, int K, int S, bool kFlip>
+__global__ void __launch_bounds__(kTileX* kTileY)
+    dw_forward_cl_strips(const scalar_t* __restrict__ input, const scalar_t* __restrict__ weight,
+                         const scalar_t* __restrict__ bias, scalar_t* __restrict__ output, DwGeom32 g, int act,
+                         int items, FastDivmod by_oc, FastDivmod by_strips, FastDivmod by_oh) {
+  using T = at::opmath_type<scalar_t>;
+  for (int64_t item = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; item < items;
+       item += int64_t(gridDim.x) * blockDim.x) {
+    const unsigned u = unsigned(item), rest = by_oc.div(u), oc = u - rest * by_oc.d;
+    const unsigned row = by_strips.div(rest), strip = rest - row * by_strips.d;  // row = n * OH + oh
+    const unsigned n = by_oh.div(row), oh = row - n * by_oh.d;
+    const int c = g.m == 1 ? int(oc) : int(oc) / g.m;
+    const scalar_t* in = input + int64_t(n) * (int64_t(g.H) * g.W * g.C) + c;
+    T taps[K * K];
+    dw_load_taps<K, kFlip>(weight + oc * (K * K), taps);
+    const T b = bias ? static_cast<T>(bias[oc]) : T(0);
+    T acc[kStrip];
+#pragma unroll
+    for (int s = 0; s < kStrip; ++s) acc[s] = b;
+    const int ow0 = int(strip) * kStrip, ih0 = int(oh) * S - g.pt, iw0 = ow0 * S - g.pl;
+#pragma unroll
+    for (int i = 0; i < K; ++i) {
+      const int ih = ih0 + i;
+      if (ih < 0 || ih >= g.H) continue;
+      const scalar_t* in_row = in + ih * g.W * g.C;
+#pragma unroll
+      for (int col = 0; col < (kStrip - 1) * S + K; ++col) {
+        const int iw = iw0 + col;
+        if (iw < 0 || iw >= g.W) continue;  // padding is skipped, as in dw_taps
+        const T v = static_cast<T>(in_row[iw * g.C]);
+#pragma unroll
+        for (int s = 0; s < kStrip; ++s) {
+          const int j = col - s * S;  // this column's tap for output s (known at compile time)
+          if (j >= 0 && j < K) acc[s] += taps[i * K + j] * v;
+        }
+      }
+    }
+    scalar_t* out = output + (int64_t(row) * g.OW + ow0) * g.OC + oc;
+#pragma unroll
+    for (int s = 0; s < kStrip; ++s) {
+      if (ow0 + s < g.OW) out[s * g.OC] = static_cast<scalar_t>(apply_activation(acc[s], act));
+    }
+  }
+}
+
+// VISIONOPS_DW_CUDA_KERNELS=tiled keeps the tiled kernels for every shape (read
+// once): the previous kernels, for side-by-side benchmarks of the two.
+bool dw_strip_kernels_enabled() {
+  static const bool enabled = [] {
+    const char* choice = std::getenv("VISIONOPS_DW_CUDA_KERNELS");
+    return choice == nullptr || std::string(choice) != "tiled";
+  }();
+  return enabled;
+}
+
+// Whether the strip kernels take a forward of geometry g (their items must fit int).
+bool dw_strips_apply(const DwGeom32& g, int64_t N, bool channels_last) {
+  if (!dw_strip_kernels_enabled()) return false;
+  const bool shape = g.KH == g.KW && (g.KH == 3 || g.KH == 5 || g.KH == 7) && g.sh == g.sw &&
+                     (g.sh == 1 || g.sh == 2) && g.dh == 1 && g.dw == 1;
+  const int64_t items = channels_last ? N * g.OH * ceil_div(g.OW, kStrip) * g.OC
+                                      : N * g.OC * ceil_div(g.OH, kStrip) * g.OW;
+  return shape && items < (int64_t(1) << 31) - int64_t(kTileX) * kTileY;
+}
+
+// The input gradient at stride 1 without channel multiplier, as a forward:
+// input the output gradient, kernel rotated (kFlip), padding K - 1 - pad.
+DwGeom32 dw_input_gradient_as_forward(const DwGeom32& g) {
+  DwGeom32 t = g;
+  t.C = g.OC, t.H = g.OH, t.W = g.OW, t.OC = g.C, t.OH = g.H, t.OW = g.W;
+  t.pt = g.KH - 1 - g.pt, t.pl = g.KW - 1 - g.pl;
+  return t;
+}
+bool dw_grad_input_strips_apply(const DwGeom32& g, int64_t N, bool channels_last) {
+  return g.sh == 1 && g.sw == 1 && g.m == 1 && dw_strips_apply(dw_input_gradient_as_forward(g), N, channels_last);
+}
+
+// the strip kernel for (K, S, kFlip), launched over its items
+template <typename scalar_t, bool kFlip, typename Launch>
+void dw_launch_strips(const DwGeom32& g, int64_t N, bool channels_last, const scalar_t* input,
+                      const scalar_t* weight, const scalar_t* bias, scalar_t* output, int activation, Launch&& launch) {
+  const int strips = ceil_div(channels_last ? g.OW : g.OH, kStrip);
+  const int64_t items = channels_last ? N * g.OH * strips * g.OC : N * g.OC * strips * g.OW;
+  const dim3 grid = fast_grid((items + kTileX * kTileY - 1) / (kTileX * kTileY), 1), block(kTileX * kTileY);
+  auto go = [&](auto k, auto s) {
+    constexpr int K = decltype(k)::value, S = decltype(s)::value;
+    if (channels_last) {
+      launch(dw_forward_cl_strips<scalar_t, K, S, kFlip>, grid, block, input, weight, bias, output, g, activation,
+             int(items), FastDivmod(g.OC), FastDivmod(strips), FastDivmod(g.OH));
+    } else {
+      launch(dw_forward_nchw_strips<scalar_t, K, S, kFlip>, grid, block, input, weight, bias, output, g, activation,
+             int(items), FastDivmod(g.OW), FastDivmod(strips), FastDivmod(g.OC));
+    }
+  };
+  using std::integral_constant;
+  auto with_stride = [&](auto k) {
+    if constexpr (kFlip) {
+      go(k, integral_constant<int, 1>{});  // input gradients at stride 1 only
+    } else if (g.sh == 1) {
+      go(k, integral_constant<int, 1>{});
+    } else {
+      go(k, integral_constant<int, 2>{});
+    }
+  };
+  if (g.KH == 3) {
+    with_stride(integral_constant<int, 3>{});
+  } else if (g.KH == 5) {
+    with_stride(integral_constant<int, 5>{});
+  } else {
+    with_stride(integral_constant<int, 7>{});
+  }
+}
+
 // Host side of the fast paths. `launch(kernel, grid, block, args...)` starts a
 // kernel: on the current stream in this file, emulated on the CPU in
 // tests/emulated_cuda (so the emulation checks these launch shapes too).
@@ -570,16 +775,30 @@ dim3 dw_plane_grid(int64_t planes, int planes_per_block, int tiles) {
                               : fast_grid(planes, tiles);
 }
 
-// `weight`: [OC, KH*KW] (the op's weight) for NCHW, its [KH*KW, OC] transpose for channels_last
+// Whether the forward (input gradient) of these fast paths reads the [KH*KW, OC]
+// transpose of the weight: the tiled channels_last kernels do, the strip kernels
+// and the NCHW kernels read the op's [OC, KH*KW] weight.
+bool dw_forward_reads_tap_major(const DwGeom32& g, int64_t N, bool channels_last) {
+  return channels_last && !dw_strips_apply(g, N, channels_last);
+}
+bool dw_grad_input_reads_tap_major(const DwGeom32& g, int64_t N, bool channels_last) {
+  return channels_last && !dw_grad_input_strips_apply(g, N, channels_last);
+}
+
+// `weight`: the op's [OC, KH*KW]; `weight_taps`: its [KH*KW, OC] transpose where
+// dw_forward_reads_tap_major (else unused)
 template <typename scalar_t, typename Launch>
 void dw_forward_fast(const DwGeom32& g, int64_t N, bool channels_last, const scalar_t* input, const scalar_t* weight,
-                     const scalar_t* bias, scalar_t* output, int activation, Launch&& launch) {
+                     const scalar_t* weight_taps, const scalar_t* bias, scalar_t* output, int activation,
+                     Launch&& launch) {
   const dim3 block(kTileX, kTileY);
   const bool k3x3 = g.KH == 3 && g.KW == 3;
-  if (channels_last) {
+  if (dw_strips_apply(g, N, channels_last)) {
+    dw_launch_strips<scalar_t, false>(g, N, channels_last, input, weight, bias, output, activation, launch);
+  } else if (channels_last) {
     const int groups = ceil_div(g.OC, kTileX), tiles = ceil_div(g.OW, kTileY) * groups;
     launch(k3x3 ? dw_forward_cl_fast<scalar_t, 3, 3> : dw_forward_cl_fast<scalar_t, 0, 0>, fast_grid(N * g.OH, tiles),
-           block, input, weight, bias, output, g, activation, N * g.OH, groups, tiles);
+           block, input, weight_taps, bias, output, g, activation, N * g.OH, groups, tiles);
   } else {
     const int tiles_x = ceil_div(g.OW, kTileX), tiles = tiles_x * ceil_div(g.OH, kTileY);
     const int per_block = dw_planes_per_block(g.OH * g.OW);
@@ -589,16 +808,19 @@ void dw_forward_fast(const DwGeom32& g, int64_t N, bool channels_last, const sca
   }
 }
 
-// `weight` as for dw_forward_fast
+// `weight`, `weight_taps` as for dw_forward_fast (dw_grad_input_reads_tap_major)
 template <typename scalar_t, typename Launch>
 void dw_grad_input_fast(const DwGeom32& g, int64_t N, bool channels_last, const scalar_t* grad, const scalar_t* weight,
-                        scalar_t* grad_input, Launch&& launch) {
+                        const scalar_t* weight_taps, scalar_t* grad_input, Launch&& launch) {
   const dim3 block(kTileX, kTileY);
   const bool k3x3 = g.KH == 3 && g.KW == 3;
-  if (channels_last) {
+  if (dw_grad_input_strips_apply(g, N, channels_last)) {
+    dw_launch_strips<scalar_t, true>(dw_input_gradient_as_forward(g), N, channels_last, grad, weight,
+                                     static_cast<const scalar_t*>(nullptr), grad_input, kActNone, launch);
+  } else if (channels_last) {
     const int groups = ceil_div(g.C, kTileX), tiles = ceil_div(g.W, kTileY) * groups;
     launch(k3x3 ? dw_grad_input_cl_fast<scalar_t, 3, 3> : dw_grad_input_cl_fast<scalar_t, 0, 0>,
-           fast_grid(N * g.H, tiles), block, grad, weight, grad_input, g, N * g.H, groups, tiles);
+           fast_grid(N * g.H, tiles), block, grad, weight_taps, grad_input, g, N * g.H, groups, tiles);
   } else {
     const int tiles_x = ceil_div(g.W, kTileX), tiles = tiles_x * ceil_div(g.H, kTileY);
     const int per_block = dw_planes_per_block(g.H * g.W);
@@ -656,12 +878,15 @@ at::Tensor depthwise_conv2d_cuda(const at::Tensor& input, const at::Tensor& weig
   const auto b = bias.has_value() ? bias->contiguous() : at::Tensor();
   auto stream = at::cuda::getCurrentCUDAStream();
   const bool fast = DwGeom32::fits(g, cl);
-  const auto w_fast = fast && cl ? w.view({g.OC, g.KH * g.KW}).t().contiguous() : w;  // [KH*KW, OC]
+  const DwGeom32 g32(fast ? g : ConvGeometry{});
+  const auto w_taps = fast && dw_forward_reads_tap_major(g32, g.N, cl) ? w.view({g.OC, g.KH * g.KW}).t().contiguous()
+                                                                      : w;  // [KH*KW, OC]
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "depthwise_conv2d_cuda", [&] {
     const scalar_t* bp = bias.has_value() ? b.const_data_ptr<scalar_t>() : nullptr;
     if (fast) {
-      dw_forward_fast<scalar_t>(DwGeom32(g), g.N, cl, in.const_data_ptr<scalar_t>(), w_fast.const_data_ptr<scalar_t>(),
-                                bp, output.mutable_data_ptr<scalar_t>(), int(activation), launch_on(stream));
+      dw_forward_fast<scalar_t>(g32, g.N, cl, in.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
+                                w_taps.const_data_ptr<scalar_t>(), bp, output.mutable_data_ptr<scalar_t>(),
+                                int(activation), launch_on(stream));
     } else if (cl) {
       dw_forward_kernel<scalar_t, true><<<blocks_for(total), kThreads, 0, stream>>>(
           in.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), bp, output.mutable_data_ptr<scalar_t>(), g,
@@ -701,15 +926,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> depthwise_conv2d_backward_cuda(
   const auto w = weight.contiguous();
   auto stream = at::cuda::getCurrentCUDAStream();
   const bool fast = DwGeom32::fits(g, cl);
-  const auto w_fast = fast && cl ? w.view({g.OC, g.KH * g.KW}).t().contiguous() : w;  // [KH*KW, OC]
   const DwGeom32 g32(fast ? g : ConvGeometry{});
+  const auto w_taps = fast && output_mask[0] && dw_grad_input_reads_tap_major(g32, g.N, cl)
+                          ? w.view({g.OC, g.KH * g.KW}).t().contiguous()
+                          : w;  // [KH*KW, OC]
   const DwWeightPlan plan(g32, g.N, cl);
   const bool fast_weight = fast && plan.worth_it(go.numel());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "depthwise_conv2d_backward_cuda",
                                   [&] {
     if (output_mask[0] && fast) {
-      dw_grad_input_fast<scalar_t>(g32, g.N, cl, go.const_data_ptr<scalar_t>(), w_fast.const_data_ptr<scalar_t>(),
-                                   gi.mutable_data_ptr<scalar_t>(), launch_on(stream));
+      dw_grad_input_fast<scalar_t>(g32, g.N, cl, go.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
+                                   w_taps.const_data_ptr<scalar_t>(), gi.mutable_data_ptr<scalar_t>(),
+                                   launch_on(stream));
     } else if (output_mask[0]) {
       const int64_t total = gi.numel();
       if (cl) {

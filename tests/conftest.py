@@ -67,12 +67,41 @@ def pytest_collection_modifyitems(config, items):
 # tools/gpu_sanitize.sh: a time-boxed run sets VISIONOPS_DEADLINE (Unix seconds) so
 # that pytest ends by itself and every process exits normally: compute-sanitizer
 # writes a process's report when the process ends, and a run killed by `timeout`
-# lost its workers' reports (H100, 2026-11-27).
+# lost its workers' reports (H100, 2026-11-27). Past VISIONOPS_DEADLINE no test
+# starts; past VISIONOPS_HARD_DEADLINE a test still running is stopped (it fails
+# with DeadlineStop): one gradcheck under racecheck outlived the first margin
+# (H100, second run of 2026-11-27).
 _DEADLINE = float(os.environ.get("VISIONOPS_DEADLINE", "inf"))
+_HARD_DEADLINE = float(os.environ.get("VISIONOPS_HARD_DEADLINE", "inf"))
+
+
+class DeadlineStop(Exception):
+    """A test interrupted at VISIONOPS_HARD_DEADLINE."""
+
+
+def _stop_at_hard_deadline(signum, frame):
+    raise DeadlineStop("VISIONOPS_HARD_DEADLINE passed: this time-boxed run stopped the test")
 
 
 def pytest_runtest_setup(item):
+    import signal
+    import threading
     import time
 
-    if time.time() > _DEADLINE:
+    now = time.time()
+    if now > _DEADLINE:
         pytest.skip("VISIONOPS_DEADLINE passed: this time-boxed run left the rest out")
+    if _HARD_DEADLINE != float("inf") and threading.current_thread() is threading.main_thread():
+        # the handler runs when the interpreter next gets control (after the CUDA
+        # call in flight returns), so the process still ends normally
+        signal.signal(signal.SIGALRM, _stop_at_hard_deadline)
+        signal.setitimer(signal.ITIMER_REAL, max(_HARD_DEADLINE - now, 0.01))
+
+
+def pytest_runtest_teardown(item):
+    if _HARD_DEADLINE != float("inf"):
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            signal.setitimer(signal.ITIMER_REAL, 0)

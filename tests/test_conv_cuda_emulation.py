@@ -12,6 +12,7 @@ the real kernels where a GPU is present.)
 from __future__ import annotations
 
 import ctypes
+import os
 
 import numpy as np
 import pytest
@@ -35,9 +36,7 @@ def _run(lib, x, w, b, grad, geom, channels_last, activation, grid_limit, dtype)
 
     n, c, h, wd = x.shape
     oc, kh, kw, oh, ow = geom[4], geom[5], geom[6], geom[7], geom[8]
-    # the channels_last kernels read the weight as [KH*KW, OC] (the transpose conv_cuda.cu makes)
-    w_kernel = w.reshape(oc, kh * kw).t() if channels_last else w
-    arrays = [prepared(x), np.ascontiguousarray(w_kernel.to(dtype).numpy()), np.ascontiguousarray(b.to(dtype).numpy()),
+    arrays = [prepared(x), np.ascontiguousarray(w.to(dtype).numpy()), np.ascontiguousarray(b.to(dtype).numpy()),
               prepared(grad)]
     np_dtype = np.float64 if dtype == torch.float64 else np.float32
     out_shape = (n, oh, ow, oc) if channels_last else (n, oc, oh, ow)
@@ -47,9 +46,9 @@ def _run(lib, x, w, b, grad, geom, channels_last, activation, grid_limit, dtype)
     ptr = lambda a: a.ctypes.data_as(ctypes.c_void_p)  # noqa: E731
     ok = lib.depthwise_fast_emulated(int(dtype == torch.float64), geom_arr, int(channels_last), activation,
                                      grid_limit[0], grid_limit[1], *[ptr(a) for a in arrays], ptr(out), ptr(gi), ptr(gw))
-    assert ok == 1
+    assert ok & 1
     back = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2) if channels_last else torch.from_numpy(a)  # noqa: E731
-    return back(out), back(gi), torch.from_numpy(gw)
+    return back(out), back(gi), torch.from_numpy(gw), ok
 
 
 # (N, C, m, H, W, KH, KW, stride, dilation, padding (top, bottom, left, right), channels_last, grid limit)
@@ -69,7 +68,35 @@ CASES = [
     (2, 3, 2, 11, 10, 5, 5, (2, 2), (1, 1), (2, 2, 2, 2), False, (1, 1)),  # small input and output planes, grid of 1
     (4, 9, 1, 12, 10, 3, 3, (1, 1), (1, 1), (1, 1, 1, 1), False, (2, 1)),  # 120-position planes: 2 per block
     (2, 40, 1, 7, 7, 13, 13, (1, 1), (1, 1), (6, 6, 6, 6), True, (0, 0)),  # 13x13 on 7x7, channels_last
+    # the strip kernels (square 3x3 / 5x5 / 7x7, stride 1 or 2, no dilation): rows or
+    # columns not a multiple of the strip, multiplier 2 (forward only), capped grids
+    (2, 3, 1, 19, 37, 3, 3, (1, 1), (2, 2), (2, 2, 2, 2), False, (0, 0)),  # dilated 3x3: the tiled kernels
+    (2, 3, 1, 19, 37, 3, 3, (1, 1), (2, 2), (2, 2, 2, 2), True, (0, 0)),
+    (2, 5, 1, 14, 14, 3, 3, (2, 2), (1, 1), (1, 1, 1, 1), False, (3, 1)),  # stride 2, 7 outputs: a partial strip
+    (2, 5, 1, 14, 14, 3, 3, (2, 2), (1, 1), (0, 1, 0, 1), True, (3, 1)),  # TF-style "same": pad bottom/right only
+    (3, 6, 1, 7, 7, 7, 7, (1, 1), (1, 1), (3, 3, 3, 3), False, (0, 0)),  # 7x7 on 7x7
+    (3, 6, 1, 7, 7, 7, 7, (1, 1), (1, 1), (3, 3, 3, 3), True, (0, 0)),
+    (1, 34, 1, 13, 11, 5, 5, (1, 1), (1, 1), (2, 2, 2, 2), True, (2, 1)),  # 34 channels: warps straddle pixels
+    (2, 4, 1, 15, 9, 5, 5, (2, 2), (1, 1), (2, 2, 2, 2), False, (0, 0)),
+    (2, 4, 1, 15, 9, 5, 5, (2, 2), (1, 1), (2, 2, 2, 2), True, (0, 0)),
+    (1, 3, 2, 10, 9, 7, 7, (2, 2), (1, 1), (3, 3, 3, 3), False, (1, 1)),  # multiplier 2, 7x7 stride 2, grid of 1
+    (1, 3, 2, 10, 9, 3, 3, (1, 1), (1, 1), (1, 1, 1, 1), True, (2, 1)),  # multiplier 2 at stride 1: tiled input grad
+    (2, 3, 1, 9, 10, 5, 5, (1, 1), (1, 1), (0, 4, 4, 0), False, (0, 0)),  # padding 0 and K - 1 on opposite sides
+    (2, 3, 1, 6, 6, 3, 3, (1, 1), (1, 1), (3, 3, 3, 3), True, (0, 0)),  # padding > K - 1: outputs reading only padding
 ]
+
+
+_STRIPS_ON = os.environ.get("VISIONOPS_DW_CUDA_KERNELS") != "tiled"  # conv_cuda.cu's switch
+
+
+def _strip_paths(case) -> int:
+    """The path bits the emulation harness reports: 2 when the forward takes the
+    strip kernels, 4 when the input gradient does (stride 1, no multiplier)."""
+    _, _, m, _, _, kh, kw, stride, dilation, _, _, _ = case
+    if not _STRIPS_ON:
+        return 0
+    strips = kh == kw and kh in (3, 5, 7) and stride[0] == stride[1] and stride[0] in (1, 2) and dilation == (1, 1)
+    return (2 if strips else 0) | (4 if strips and stride == (1, 1) and m == 1 else 0)
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"n{c[0]}c{c[1]}m{c[2]}_{c[3]}x{c[4]}_k{c[5]}x{c[6]}_s{c[7][0]}{c[7][1]}"
@@ -88,7 +115,9 @@ def test_emulated_fast_paths_match_torch(emulated, case, dtype):
     ref_gx, ref_gw = torch.autograd.grad(ref, [x, weight], grad)
     geom = [n, c, h, w, c * m, kh, kw, oh, ow, *stride, pt, pb, pl, pr, *dilation, c, m]
     x_in = x.detach().to(dtype).double()  # the values the kernel sees
-    out, gx, gw = _run(emulated, x.detach(), weight.detach(), bias, grad, geom, channels_last, 0, grid_limit, dtype)
+    out, gx, gw, paths = _run(emulated, x.detach(), weight.detach(), bias, grad, geom, channels_last, 0, grid_limit,
+                              dtype)
+    assert paths & 6 == _strip_paths(case)
     if dtype == torch.float64:
         tol = dict(rtol=1e-12, atol=1e-12)
     else:  # float32 sums of at most a few thousand products of unit-scale values
@@ -106,9 +135,11 @@ def test_emulated_forward_epilogue(emulated, activation, clamp):
     x = 3 * torch.randn(2, 4, 10, 35, generator=gen, dtype=torch.float64)
     weight = torch.randn(4, 1, 3, 3, generator=gen, dtype=torch.float64)
     bias = torch.randn(4, generator=gen, dtype=torch.float64)
-    ref = F.conv2d(x, weight, bias, 1, 1, 1, 4).clamp(*clamp)
-    geom = [2, 4, 10, 35, 4, 3, 3, 10, 35, 1, 1, 1, 1, 1, 1, 1, 1, 4, 1]
-    for channels_last in (False, True):
-        out, _, _ = _run(emulated, x, weight, bias, torch.zeros_like(ref), geom, channels_last, activation, (0, 0),
-                         torch.float64)
-        torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    for dilation, strips in ((1, True), (2, False)):  # the strip kernels' epilogue and the tiled kernels'
+        ref = F.conv2d(x, weight, bias, 1, dilation, dilation, 4).clamp(*clamp)
+        geom = [2, 4, 10, 35, 4, 3, 3, 10, 35, 1, 1, *[dilation] * 4, dilation, dilation, 4, 1]
+        for channels_last in (False, True):
+            out, _, _, paths = _run(emulated, x, weight, bias, torch.zeros_like(ref), geom, channels_last, activation,
+                                    (0, 0), torch.float64)
+            assert bool(paths & 2) == (strips and _STRIPS_ON)
+            torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)

@@ -17,7 +17,7 @@
 # SANITIZE_TOOLS="memcheck racecheck" runs one sanitizer process per tool, side by side.
 # Usage: tools/gpu_check.sh [build] [tests] [bench] [large] [sanitize] [family ...]
 #        (no phase: build tests bench)
-# Env: OUT, CONCURRENT, SANITIZE_TOOLS, SANITIZE_WORKERS (3), MEMCHECK_K, RACECHECK_K, BENCH_LEAVE (s, 5), TEST_TIMEOUT (s, 420), BENCH_TIMEOUT (s per family, 120: conv took 72 s on the H100 before its 16 pointwise cases), PYTEST_EXTRA,
+# Env: OUT, CONCURRENT, BENCH_AB ("VAR=value": the benchmarks again under it, into ab/), SANITIZE_TOOLS, SANITIZE_WORKERS (3), MEMCHECK_K, RACECHECK_K, BENCH_LEAVE (s, 5), TEST_TIMEOUT (s, 420), BENCH_TIMEOUT (s per family, 120: conv took 72 s on the H100 before its 16 pointwise cases), PYTEST_EXTRA,
 #   BUDGET (s for the whole script, unset: none): with it, the tests get what the build
 #   left minus BENCH_RESERVE (s, 0), and a benchmark starts only while time is left, so
 #   that one device call can hold all three phases and still return its results.
@@ -76,6 +76,20 @@ run_bench() {
     echo "bench $f: rc $? in $(( $(date +%s) - start )) s" >> "$R/env.txt"
     grep "^|" "$R/bench-$f.log"
   done
+  # BENCH_AB="VAR=value ...": each family once more under that environment, into $R/ab
+  # (e.g. VISIONOPS_DW_CUDA_KERNELS=tiled: the previous depthwise kernels, side by side)
+  if [ -n "${BENCH_AB:-}" ]; then
+    mkdir -p "$R/ab"
+    echo "$BENCH_AB" > "$R/ab/env.txt"
+    for f in "${families[@]}"; do
+      bench_timeout=$(min "${BENCH_TIMEOUT:-120}" $(( $(left) - ${BENCH_LEAVE:-5} )))
+      [ "$bench_timeout" -ge 20 ] || { echo "bench $f ($BENCH_AB): skipped, budget spent" >> "$R/env.txt"; continue; }
+      start=$(date +%s)
+      env $BENCH_AB timeout "$bench_timeout" python3 -m visionops bench --device cuda --family "$f" --out "$R/ab" \
+        > "$R/ab/bench-$f.log" 2>&1
+      echo "bench $f ($BENCH_AB): rc $? in $(( $(date +%s) - start )) s" >> "$R/env.txt"
+    done
+  fi
 }
 run_large() {
   large_timeout=$(min "${LARGE_TIMEOUT:-150}" $(( $(left) - ${LARGE_RESERVE:-0} )))

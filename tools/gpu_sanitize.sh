@@ -57,10 +57,12 @@ for tool in ${TOOLS:-memcheck racecheck}; do
     *) extra=(); limit=${SANITIZE_TIMEOUT:-300}; k="" ;;
   esac
   start=$(date +%s)
-  # tests stop starting a quarter of the time (at least 40 s) before the limit, so that
-  # the processes exit by themselves and the sanitizer writes their reports (tests/conftest.py)
+  # tests stop starting a quarter of the time (at least 40 s) before the limit, and a
+  # test still running half that margin before it is stopped, so that the processes
+  # exit by themselves and the sanitizer writes their reports (tests/conftest.py)
   margin=$(( limit / 4 > 40 ? limit / 4 : 40 ))
   export VISIONOPS_DEADLINE=$(( start + limit - margin ))
+  export VISIONOPS_HARD_DEADLINE=$(( start + limit - margin / 2 ))
   timeout "$limit" "$SAN" --tool "$tool" "${extra[@]}" --target-processes all --print-limit 50 \
     --log-file "$R/$tool.%p.log" \
     python3 -m pytest tests -m "cuda and not slow" -k "${k:+($k) and }not graph and not materialise" -v -rfE \
@@ -70,8 +72,9 @@ for tool in ${TOOLS:-memcheck racecheck}; do
   # one ERROR SUMMARY per process that ended normally (pytest and each xdist worker;
   # a killed process writes none, and its errors are unknown)
   summaries=$(cat "$R/$tool".*.log 2>/dev/null | grep -c "ERROR SUMMARY")
+  stopped=$(grep -c "DeadlineStop" "$R/$tool-pytest.log")
   echo "$tool: pytest rc $rc in $(( $(date +%s) - start )) s, sanitizer errors: $errors" \
-    "(ERROR SUMMARY lines: $summaries)" | tee -a "$R/env.txt"
+    "(ERROR SUMMARY lines: $summaries; log lines naming a test stopped at the hard deadline: $stopped)" | tee -a "$R/env.txt"
   grep -hE "^(FAILED|ERROR)|passed|failed" "$R/$tool-pytest.log" | tail -8
   grep -h "^========= " "$R/$tool".*.log 2>/dev/null | grep -vE "COMPUTE-SANITIZER|ERROR SUMMARY|^========= *$" \
     | sort | uniq -c | sort -rn | head -20

@@ -4,6 +4,9 @@
 // arithmetic, grid-stride loops and reductions are tested on machines without a
 // GPU (tests/test_conv_cuda_emulation.py splices the section in as
 // depthwise_fast_section.inc).
+#include <cstdlib>
+#include <string>
+
 #include "emulation.h"
 
 #define VISIONOPS_GRID_STRIDE_LOOP(i, n)                                                    \
@@ -33,19 +36,25 @@ int run(const int64_t* geom, int channels_last, int activation, const T* input, 
   const bool cl = channels_last != 0;
   if (!DwGeom32::fits(g, cl)) return 0;
   const DwGeom32 g32(g);
-  dw_forward_fast<T>(g32, g.N, cl, input, weight, bias, output, activation, emulation::Launch{});
-  dw_grad_input_fast<T>(g32, g.N, cl, grad, weight, grad_input, emulation::Launch{});
+  // the [KH*KW, OC] transpose that conv_cuda.cu makes where a kernel reads it
+  const int64_t taps = g.KH * g.KW;
+  std::vector<T> weight_taps(g.OC * taps);
+  for (int64_t oc = 0; oc < g.OC; ++oc)
+    for (int64_t t = 0; t < taps; ++t) weight_taps[t * g.OC + oc] = weight[oc * taps + t];
+  dw_forward_fast<T>(g32, g.N, cl, input, weight, weight_taps.data(), bias, output, activation, emulation::Launch{});
+  dw_grad_input_fast<T>(g32, g.N, cl, grad, weight, weight_taps.data(), grad_input, emulation::Launch{});
   const DwWeightPlan plan(g32, g.N, cl);
   std::vector<T> partial(plan.partial_rows * plan.weights);
   dw_grad_weight_fast<T>(g32, g.N, cl, plan, grad, input, partial.data(), grad_weight, emulation::Launch{});
-  return 1;
+  return 1 | (dw_strips_apply(g32, g.N, cl) ? 2 : 0) | (dw_grad_input_strips_apply(g32, g.N, cl) ? 4 : 0);
 }
 
 }  // namespace
 
 // geom: ConvGeometry's 19 fields in order; tensors contiguous in the layout
-// (NCHW or channels_last), the weight [OC, KH*KW] for NCHW and [KH*KW, OC] for
-// channels_last (as the kernels read it); returns 0 when the fast paths do not apply
+// (NCHW or channels_last), the weight [OC, KH*KW]; returns 0 when the fast paths
+// do not apply, else 1 + 2 (the forward took the strip kernel) + 4 (the input
+// gradient did).
 extern "C" int depthwise_fast_emulated(int is_double, const int64_t* geom, int channels_last, int activation,
                                        unsigned grid_x_limit, unsigned grid_y_limit, const void* input,
                                        const void* weight, const void* bias, const void* grad, void* output,

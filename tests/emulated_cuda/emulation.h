@@ -104,6 +104,7 @@ T __shfl_down_sync(unsigned, T value, int offset) {
   return result;
 }
 inline int min(int a, int b) { return a < b ? a : b; }
+inline unsigned __umulhi(unsigned a, unsigned b) { return unsigned((uint64_t(a) * b) >> 32); }
 
 #define __global__
 #define __device__
