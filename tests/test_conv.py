@@ -193,10 +193,13 @@ MOBILE_SHAPES = [
     # stride-2 NCHW rows copied by every-other blocks of 16 + 8 (56 wide) and 8 + 4 (28 wide)
     (1, 8, 56, 56, 3, 2, 1, 1),
     (2, 16, 28, 28, 3, 2, 1, 1),
-    # NCHW planes narrower than 16 run the channels_last kernels on a transposed copy
     (2, 24, 14, 14, 3, 1, 1, 1),
+    # NCHW outputs narrower than 10 run the channels_last kernels on a copy transposed
+    # in 16 x 16 blocks: channel and pixel counts off the block edges
     (2, 16, 13, 13, 3, 2, 1, 1),
     (1, 8, 40, 41, 5, 2, 2, 1),
+    (3, 37, 9, 9, 3, 1, 1, 1),
+    (2, 20, 7, 7, 5, 2, 2, 1),
 ]
 
 
