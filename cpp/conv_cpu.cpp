@@ -446,36 +446,24 @@ void dw_grad_input_taps_inside(const ConvGeometry& g, const at::Tensor& grad, co
 bool small_planes(const ConvGeometry& g) { return g.m == 1 && g.OW < 10 && g.C >= 8; }
 
 // dst[n][p][c] = src[n][c][p] (to_channels_last) or back, for N images of C planes
-// of P pixels, in 16 x 16 blocks (each block reads and writes 16 cache lines; torch's
-// copy to channels_last took 200 us of the 960x7 stride-2 layer's 290 us, one thread).
+// of P pixels (conv_cpu_kernels.inc: transpose_rows); torch's copy to channels_last
+// took 200 us of the 960x7 stride-2 layer's 280 us, one thread.
 template <typename S>
 void transpose_planes(const S* src, S* dst, int64_t N, int64_t C, int64_t P, bool to_channels_last) {
-  constexpr int64_t B = 16;
-  const int64_t cblocks = (C + B - 1) / B;
-  at::parallel_for(0, N * cblocks, 1, [&](int64_t begin, int64_t end) {
+  const int64_t R = to_channels_last ? C : P, Cc = to_channels_last ? P : C;  // an image's matrix
+  constexpr int64_t kRows = 64;
+  const int64_t blocks = (R + kRows - 1) / kRows;
+  const auto kernel = VISIONOPS_CONV_KERNEL(transpose_rows, S);
+  at::parallel_for(0, N * blocks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t n = task / cblocks, c0 = (task % cblocks) * B, c1 = std::min(C, c0 + B);
-      const S* s = src + n * C * P;
-      S* d = dst + n * C * P;
-      for (int64_t p0 = 0; p0 < P; p0 += B) {
-        const int64_t p1 = std::min(P, p0 + B);
-        if (to_channels_last) {
-          for (int64_t p = p0; p < p1; ++p)
-            for (int64_t c = c0; c < c1; ++c) d[p * C + c] = s[c * P + p];
-        } else {
-          for (int64_t c = c0; c < c1; ++c)
-            for (int64_t p = p0; p < p1; ++p) d[c * P + p] = s[p * C + c];
-        }
-      }
+      const int64_t n = task / blocks, i0 = (task % blocks) * kRows;
+      kernel(src + n * C * P, dst + n * C * P, R, Cc, i0, std::min(R, i0 + kRows));
     }
   });
 }
 
-
 // A channels_last copy of t (any layout), and the copy of a channels_last
-// tensor into the contiguous NCHW tensor out of the same shape (torch's copy for
-// planes past 64 pixels: with transpose_planes the 576x14 stride-2 layer's
-// input gradient made its forward + backward 2.5 -> 2.7 ms, one thread).
+// tensor into the contiguous NCHW tensor out of the same shape.
 template <typename S>
 at::Tensor channels_last_copy(const at::Tensor& t) {
   const auto src = t.contiguous();
@@ -486,10 +474,6 @@ at::Tensor channels_last_copy(const at::Tensor& t) {
 }
 template <typename S>
 void copy_to_nchw(const at::Tensor& cl, at::Tensor& out) {
-  if (cl.size(2) * cl.size(3) > 64) {
-    out.copy_(cl);
-    return;
-  }
   transpose_planes(cl.const_data_ptr<S>(), out.mutable_data_ptr<S>(), cl.size(0), cl.size(1),
                    cl.size(2) * cl.size(3), false);
 }
