@@ -441,8 +441,8 @@ void dw_grad_input_taps_inside(const ConvGeometry& g, const at::Tensor& grad, co
 // NCHW planes of fewer than 10 columns (MobileNet's 7x7 stage) pay more for the
 // per-plane setup than for their few outputs: such layers run the channels_last
 // kernels on a transposed copy instead (measured faster at 7x7, slower at 14x14;
-// with transpose_planes instead of torch's copies, 14x14 and wider planes were
-// 1.8-4.3x slower still, 2026-11-27).
+// with scalar transposes instead of torch's copies, widening this to outputs
+// narrower than 60 made those layers 1.8-4.6x slower, 2026-11-27).
 bool small_planes(const ConvGeometry& g) { return g.m == 1 && g.OW < 10 && g.C >= 8; }
 
 // dst[n][p][c] = src[n][c][p] (to_channels_last) or back, for N images of C planes

@@ -586,13 +586,19 @@ struct FastDivmod {
   __device__ __forceinline__ unsigned div(unsigned n) const { return (__umulhi(n, magic) + n) >> shift; }
 };
 
-// The channel's taps, in registers; kFlip: rotated by 180 degrees (the input
-// gradient at stride 1 is the forward of the output gradient with the kernel
-// rotated and the padding mirrored, K - 1 - pad).
+// Channel oc's taps in registers and the strip's accumulators at its bias;
+// kFlip: the taps rotated by 180 degrees (the input gradient at stride 1 is the
+// forward of the output gradient with the kernel rotated and the padding
+// mirrored, K - 1 - pad).
 template <int K, bool kFlip, typename T, typename scalar_t>
-__device__ __forceinline__ void dw_load_taps(const scalar_t* __restrict__ w, T (&taps)[K * K]) {
+__device__ __forceinline__ void dw_strip_start(const scalar_t* __restrict__ weight, const scalar_t* __restrict__ bias,
+                                               unsigned oc, T (&taps)[K * K], T (&acc)[kStrip]) {
+  const scalar_t* w = weight + oc * (K * K);
 #pragma unroll
   for (int t = 0; t < K * K; ++t) taps[t] = static_cast<T>(w[kFlip ? K * K - 1 - t : t]);
+  const T b = bias ? static_cast<T>(bias[oc]) : T(0);
+#pragma unroll
+  for (int s = 0; s < kStrip; ++s) acc[s] = b;
 }
 
 // NCHW: item = (plane * strips + strip) * OW + ow; outputs (strip * kStrip + s, ow)
@@ -609,12 +615,8 @@ __global__ void __launch_bounds__(kTileX* kTileY)
     const unsigned n = by_oc.div(plane), oc = plane - n * by_oc.d;
     const int c = g.m == 1 ? int(oc) : int(oc) / g.m;
     const scalar_t* in = input + (int64_t(n) * g.C + c) * (int64_t(g.H) * g.W);
-    T taps[K * K];
-    dw_load_taps<K, kFlip>(weight + oc * (K * K), taps);
-    const T b = bias ? static_cast<T>(bias[oc]) : T(0);
-    T acc[kStrip];
-#pragma unroll
-    for (int s = 0; s < kStrip; ++s) acc[s] = b;
+    T taps[K * K], acc[kStrip];
+    dw_strip_start<K, kFlip>(weight, bias, oc, taps, acc);
     const int oh0 = int(strip) * kStrip, ih0 = oh0 * S - g.pt, iw0 = int(ow) * S - g.pl;
 #pragma unroll
     for (int r = 0; r < (kStrip - 1) * S + K; ++r) {
@@ -661,12 +663,8 @@ __global__ void __launch_bounds__(kTileX* kTileY)
     const unsigned n = by_oh.div(row), oh = row - n * by_oh.d;
     const int c = g.m == 1 ? int(oc) : int(oc) / g.m;
     const scalar_t* in = input + int64_t(n) * (int64_t(g.H) * g.W * g.C) + c;
-    T taps[K * K];
-    dw_load_taps<K, kFlip>(weight + oc * (K * K), taps);
-    const T b = bias ? static_cast<T>(bias[oc]) : T(0);
-    T acc[kStrip];
-#pragma unroll
-    for (int s = 0; s < kStrip; ++s) acc[s] = b;
+    T taps[K * K], acc[kStrip];
+    dw_strip_start<K, kFlip>(weight, bias, oc, taps, acc);
     const int ow0 = int(strip) * kStrip, ih0 = int(oh) * S - g.pt, iw0 = ow0 * S - g.pl;
 #pragma unroll
     for (int i = 0; i < K; ++i) {
