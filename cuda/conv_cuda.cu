@@ -563,7 +563,7 @@ __global__ void __launch_bounds__(kTileX* kTileY)
 // 3x3, 5x5 and 7x7 kernels at stride 1 or 2 without dilation, i.e. every
 // depthwise layer of MobileNet, ShuffleNet and the large-kernel nets. The tiled
 // kernels above computed one output per thread from KH*KW loads and paid a
-// 64-bit division per output; on an H100 their forward reached 0.28-0.79x of
+// 64-bit division per output; on an H100 their forward reached 0.28-0.94x of
 // cuDNN (bench/results/NVIDIA-H100-80GB-HBM3-2026-11-27-run3-conv.md). Here a
 // thread computes kStrip outputs, down a column (NCHW) or along a row
 // (channels_last), with the channel's K*K weights in registers, and loads each
