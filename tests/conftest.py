@@ -70,7 +70,7 @@ def pytest_collection_modifyitems(config, items):
 # lost its workers' reports (H100, 2026-11-27). Past VISIONOPS_DEADLINE no test
 # starts; past VISIONOPS_HARD_DEADLINE a test still running is stopped (it fails
 # with DeadlineStop): one gradcheck under racecheck outlived the first margin
-# (H100, second run of 2026-11-27).
+# (H100, third run of 2026-11-27).
 _DEADLINE = float(os.environ.get("VISIONOPS_DEADLINE", "inf"))
 _HARD_DEADLINE = float(os.environ.get("VISIONOPS_HARD_DEADLINE", "inf"))
 
