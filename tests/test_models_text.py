@@ -263,6 +263,27 @@ def test_similarity_stn_turns_the_crop_rigidly_in_pixels():
             STNRecognizer(NUM_CLASSES, **bad)
 
 
+def test_rare_similarity_head_moves_the_base_fiducials_rigidly_then_offsets_them():
+    model = RARE(NUM_CLASSES, head="similarity", localizer_step_scale=0.5).eval()
+    x = torch.rand(2, 1, 64, 128, generator=torch.Generator().manual_seed(0))
+    base = rare_fiducials(20, dtype=torch.float64)
+    torch.testing.assert_close(model.fiducials(x).double(), base.expand(2, 20, 2))  # identity, no offsets
+    angle, scale, shift = 0.3, 0.7, torch.tensor([0.1, -0.2], dtype=torch.float64)
+    offsets = 0.05 * torch.randn(20, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    with torch.no_grad():
+        model.localizer.out.bias.copy_(torch.cat([torch.tensor([angle, math.log(scale)], dtype=torch.float64),
+                                                  shift, offsets.reshape(-1)]).float() / 0.5)
+    # independently: in pixel units of the 64x128 input (x spans twice y's pixels), a rotation by
+    # `angle` scaled by `scale`, then back to normalised coordinates, plus the shift and offsets
+    d = torch.diag(torch.tensor([2.0, 1.0], dtype=torch.float64))
+    c, s = math.cos(angle), math.sin(angle)
+    rot = scale * torch.tensor([[c, -s], [s, c]], dtype=torch.float64)
+    expected = (base @ d) @ rot.t() @ d.inverse() + shift + offsets
+    torch.testing.assert_close(model.fiducials(x).double(), expected.expand(2, 20, 2), rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="head"):
+        RARE(NUM_CLASSES, head="affine")
+
+
 def test_affine_lines_rotate_rigidly_and_stay_inside_the_image():
     from visionops.data.text import _line_warp
 
@@ -320,7 +341,8 @@ def _grads(model, images, batch):
 @pytest.mark.parametrize("cls, kw", [(CRNN, {}), (STNRecognizer, {}),
                                      (STNRecognizer, {"localizer_size": (32, 64), "output_size": (32, 96)}),
                                      (STNRecognizer, {"transform": "similarity", "initial_crop": (0.9, 0.7)}),
-                                     (RARE, {})], ids=["crnn", "stn", "stn-small-localizer", "stn-similarity", "rare"])
+                                     (RARE, {}), (RARE, {"head": "similarity"})],
+                         ids=["crnn", "stn", "stn-small-localizer", "stn-similarity", "rare", "rare-similarity"])
 def test_visionops_build_equals_torch_build(cls, kw, device):
     g = torch.Generator().manual_seed(3)
     batch = captchas(4, g) if cls is CRNN else text_lines(4, g, distortion="curved")

@@ -180,6 +180,15 @@ class _Localizer(nn.Module):
         return self.init + self.step_scale * self.out(self.fc(self.features(images)))
 
 
+def _similarity_theta(params: Tensor, aspect: float) -> Tensor:
+    """``[N, 2, 3]`` affine maps (normalised coordinates) of ``params [N, 4]`` =
+    (angle, log scale, tx, ty), the rotation turning pixels: R in pixels is
+    D^-1 R D in normalised coordinates, D = diag(aspect, 1), aspect = W / H."""
+    angle, scale, tx, ty = params.unbind(1)
+    cos, sin = torch.cos(angle) * torch.exp(scale), torch.sin(angle) * torch.exp(scale)
+    return torch.stack([torch.stack([cos, -sin / aspect, tx], 1), torch.stack([sin * aspect, cos, ty], 1)], 1)
+
+
 class _Rectifier(_CTCRecognizer):
     """What STNRecognizer and RARE share: a localiser read on a pooled copy of
     the input, held at its identity output while warming up: for the first
@@ -335,11 +344,7 @@ class STNRecognizer(_Rectifier):
         if self.transform == "affine":
             theta = params.view(n, 2, 3)
         else:
-            # R in pixels is D^-1 R D in normalised coordinates, D = diag(W / H, 1)
-            aspect = images.shape[3] / images.shape[2]
-            angle, scale, tx, ty = params.unbind(1)
-            cos, sin = torch.cos(angle) * torch.exp(scale), torch.sin(angle) * torch.exp(scale)
-            theta = torch.stack([torch.stack([cos, -sin / aspect, tx], 1), torch.stack([sin * aspect, cos, ty], 1)], 1)
+            theta = _similarity_theta(params, images.shape[3] / images.shape[2])
         # the crop scales the output's coordinates before the warp moves them
         return theta * self.crop.to(theta.dtype)
 
@@ -407,6 +412,13 @@ class RARE(_Rectifier):
     ``localizer_size``, ``warmup_steps``, ``warmup_loss`` and
     ``localizer_step_scale`` work as for :class:`STNRecognizer`.
 
+    ``head``: ``"points"`` (the paper: the localiser regresses the 2K
+    coordinates) or ``"similarity"``: it regresses a similarity transform
+    (angle, log scale, translation, as the STN's) and 2K offsets, and the
+    points are the transformed base fiducials plus the offsets. Still K free
+    points, but moving, turning or zooming the whole crop is one output each
+    instead of all 2K changing together.
+
     >>> model = RARE(37)
     >>> model(torch.rand(2, 1, 64, 128)).shape
     torch.Size([25, 2, 37])
@@ -415,28 +427,42 @@ class RARE(_Rectifier):
     def __init__(self, num_classes: int, in_channels: int = 1, output_size: tuple[int, int] = (32, 100),
                  num_fiducial: int = 20, rnn: str = "lstm", hidden: int = 96, backend: str = "visionops",
                  localizer_size: tuple[int, int] | None = None, warmup_steps: int = 0,
-                 localizer_step_scale: float = 0.1, warmup_loss: float | None = None) -> None:
+                 localizer_step_scale: float = 0.1, warmup_loss: float | None = None,
+                 head: str = "points") -> None:
         super().__init__()
+        if head not in ("points", "similarity"):
+            raise ValueError(f"head: expected 'points' or 'similarity', got {head!r}")
         self.backend = backend
+        self.head = head
         self.output_size = tuple(output_size)
         self.num_fiducial = num_fiducial
         # the CRNN first: its initial weights are then a plain CRNN's under the same seed
         self.crnn = CRNN(num_classes, in_channels, self.output_size[0], rnn, hidden, backend=backend)
-        self._init_rectifier(_Localizer(in_channels, 2 * num_fiducial, rare_fiducials(num_fiducial), backend,
-                                        step_scale=localizer_step_scale), localizer_size, warmup_steps,
-                             warmup_loss)
+        base = rare_fiducials(num_fiducial)
+        init = base if head == "points" else torch.zeros(4 + 2 * num_fiducial)  # identity, no offsets
+        self._init_rectifier(_Localizer(in_channels, init.numel(), init, backend, step_scale=localizer_step_scale),
+                             localizer_size, warmup_steps, warmup_loss)
+        self.register_buffer("base_fiducials", base, persistent=False)
         self._identity_at_init = True
         self.sampler = TPSGridSampler(self.output_size, num_fiducial, padding_mode="border")
 
     def fiducials(self, images: Tensor) -> Tensor:
         """Predicted source fiducials ``[N, K, 2]`` in the input image."""
-        return self._localize(images, self._warming_up()).view(-1, self.num_fiducial, 2)
+        return self._fiducials(images, self._warming_up())
+
+    def _fiducials(self, images: Tensor, warming_up: bool) -> Tensor:
+        params = self._localize(images, warming_up)
+        if self.head == "points":
+            return params.view(-1, self.num_fiducial, 2)
+        theta = _similarity_theta(params[:, :4], images.shape[3] / images.shape[2])
+        moved = self.base_fiducials.to(params.dtype) @ theta[:, :, :2].transpose(1, 2) + theta[:, :, 2].unsqueeze(1)
+        return moved + params[:, 4:].view(-1, self.num_fiducial, 2)
 
     def rectify(self, images: Tensor) -> Tensor:
         warming_up = self._warming_up()
         if self._skips_identity(images, warming_up):
             return images
-        points = self._localize(images, warming_up).view(-1, self.num_fiducial, 2)
+        points = self._fiducials(images, warming_up)
         if self.backend == "visionops":
             return self.sampler(images, points)
         return torch_tps_grid_sample(images, points, self.sampler.target_points, self.output_size)
