@@ -284,6 +284,22 @@ def test_rare_similarity_head_moves_the_base_fiducials_rigidly_then_offsets_them
         RARE(NUM_CLASSES, head="affine")
 
 
+@pytest.mark.parametrize("head", ["points", "similarity"])
+def test_rare_initial_crop_starts_on_the_central_box(head):
+    # the fiducials start on the box (x +-0.5, y +-0.25 of the input): the rectified 32x100 image is
+    # the input's centre [16, 48) x [32, 96) resampled, i.e. bilinear 2:1 vertical / 0.64:1 horizontal
+    model = RARE(NUM_CLASSES, head=head, initial_crop=(0.5, 0.25)).eval()
+    x = torch.rand(2, 1, 64, 128, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(model.fiducials(x), (rare_fiducials(20) * torch.tensor([0.5, 0.25])).expand(2, 20, 2))
+    theta = torch.tensor([[0.5, 0, 0], [0, 0.25, 0]]).expand(2, 2, 3)
+    expected = F.grid_sample(x, F.affine_grid(theta, [2, 1, 32, 100], align_corners=False),
+                             padding_mode="border", align_corners=False)
+    torch.testing.assert_close(model.rectify(x), expected, atol=1e-4, rtol=0)  # float32 TPS weights
+    for bad in ((0.0, 1.0), (1.0,)):
+        with pytest.raises(ValueError, match="initial_crop"):
+            RARE(NUM_CLASSES, initial_crop=bad)
+
+
 def test_affine_lines_rotate_rigidly_and_stay_inside_the_image():
     from visionops.data.text import _line_warp
 

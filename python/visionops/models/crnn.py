@@ -419,6 +419,11 @@ class RARE(_Rectifier):
     points, but moving, turning or zooming the whole crop is one output each
     instead of all 2K changing together.
 
+    ``initial_crop``: ``(x, y)`` fractions of the input's half-width and
+    half-height that the base fiducials are scaled by before training (as the
+    STN's): the rectifier starts reading that central box instead of the whole
+    input.
+
     >>> model = RARE(37)
     >>> model(torch.rand(2, 1, 64, 128)).shape
     torch.Size([25, 2, 37])
@@ -428,22 +433,24 @@ class RARE(_Rectifier):
                  num_fiducial: int = 20, rnn: str = "lstm", hidden: int = 96, backend: str = "visionops",
                  localizer_size: tuple[int, int] | None = None, warmup_steps: int = 0,
                  localizer_step_scale: float = 0.1, warmup_loss: float | None = None,
-                 head: str = "points") -> None:
+                 head: str = "points", initial_crop: tuple[float, float] = (1.0, 1.0)) -> None:
         super().__init__()
         if head not in ("points", "similarity"):
             raise ValueError(f"head: expected 'points' or 'similarity', got {head!r}")
+        if len(initial_crop) != 2 or not all(0 < c for c in initial_crop):
+            raise ValueError(f"initial_crop: expected two positive fractions, got {initial_crop!r}")
         self.backend = backend
         self.head = head
         self.output_size = tuple(output_size)
         self.num_fiducial = num_fiducial
         # the CRNN first: its initial weights are then a plain CRNN's under the same seed
         self.crnn = CRNN(num_classes, in_channels, self.output_size[0], rnn, hidden, backend=backend)
-        base = rare_fiducials(num_fiducial)
+        base = rare_fiducials(num_fiducial) * torch.tensor(initial_crop)
         init = base if head == "points" else torch.zeros(4 + 2 * num_fiducial)  # identity, no offsets
         self._init_rectifier(_Localizer(in_channels, init.numel(), init, backend, step_scale=localizer_step_scale),
                              localizer_size, warmup_steps, warmup_loss)
         self.register_buffer("base_fiducials", base, persistent=False)
-        self._identity_at_init = True
+        self._identity_at_init = tuple(initial_crop) == (1.0, 1.0)
         self.sampler = TPSGridSampler(self.output_size, num_fiducial, padding_mode="border")
 
     def fiducials(self, images: Tensor) -> Tensor:
