@@ -19,9 +19,9 @@ for strength, suffix in ((1.0, ""), (1.5, "-strong")):
 # the base fiducials on the undistorted line's box (100x32 in 64x128: x +-0.78, y +-0.5), where the
 # curriculum's first lines lie: the recogniser starts reading them at their full resolution
 _BOX = (100 / 128, 32 / 64)
-for head in ("points", "similarity"):
-    M._register(f"rare-{head}-box-32x100", functools.partial(
+for head, strength in (("points", 1.0), ("similarity", 1.0), ("points", 1.5)):
+    M._register(f"rare-{head}-box-32x100" + ("-strong" if strength > 1 else ""), functools.partial(
         lambda head: M.RARE(M._C, output_size=(32, 100), localizer_size=(32, 64), warmup_steps=1000,
                             warmup_loss=M._WARMUP_LOSS, localizer_step_scale=0.3, head=head, initial_crop=_BOX),
-        head), "curved", f"RARE(head={head!r}) starting on the line's box, to 32x100", lr=2e-3, eval_every=150,
-        curriculum_steps=M._CURRICULUM, find_unused_parameters=True)
+        head), "curved", f"RARE(head={head!r}) starting on the line's box, to 32x100, strength {strength}",
+        strength=strength, lr=2e-3, eval_every=150, curriculum_steps=M._CURRICULUM, find_unused_parameters=True)

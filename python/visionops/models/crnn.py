@@ -446,7 +446,7 @@ class RARE(_Rectifier):
         # the CRNN first: its initial weights are then a plain CRNN's under the same seed
         self.crnn = CRNN(num_classes, in_channels, self.output_size[0], rnn, hidden, backend=backend)
         base = rare_fiducials(num_fiducial) * torch.tensor(initial_crop)
-        init = base if head == "points" else torch.zeros(4 + 2 * num_fiducial)  # identity, no offsets
+        init = base if head == "points" else torch.zeros(4 + 2 * num_fiducial)  # base points, no offsets
         self._init_rectifier(_Localizer(in_channels, init.numel(), init, backend, step_scale=localizer_step_scale),
                              localizer_size, warmup_steps, warmup_loss)
         self.register_buffer("base_fiducials", base, persistent=False)
