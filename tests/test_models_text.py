@@ -418,7 +418,7 @@ def test_tasks_are_registered_and_use_ctc_targets():
     import visionops.models  # noqa: F401
     from visionops.training import TASKS
 
-    for name in ("crnn", "stn", "stn-paired", "rare", "crnn-affine", "crnn-curved", "stn-strong",
+    for name in ("crnn", "stn", "stn-paired", "rare", "rare-paired", "crnn-affine", "crnn-curved", "stn-strong",
                  "crnn-affine-strong", "rare-strong", "crnn-curved-strong"):
         assert name in TASKS and TASKS[name].metric == "accuracy"
     # `stn` rectifies to the paper's 32x100 for a CRNN of height 32 (cheaper steps than the
@@ -426,8 +426,16 @@ def test_tasks_are_registered_and_use_ctc_targets():
     stn = TASKS["stn"].build_model()
     assert stn.output_size == (32, 100) and stn.warmup_loss is not None
     assert stn(torch.rand(2, 1, 64, 128)).shape == (25, 2, Alphabet().num_classes)
+    # `rare` too, its fiducials starting on the undistorted line's 100x32 box in the 64x128 input:
+    # at the curriculum's start (strength 0) it reads the clean line itself
+    rare = TASKS["rare"].build_model().eval()
+    assert rare.output_size == (32, 100) and rare.warmup_loss is not None
+    clean = text_lines(2, torch.Generator().manual_seed(5), distortion="curved", strength=0.0).images
+    box = clean[:, :, 16:48, 14:114]
+    torch.testing.assert_close(rare.fiducials(clean), (rare_fiducials(20) * torch.tensor([100 / 128, 0.5])).expand(2, 20, 2))
+    torch.testing.assert_close(rare.rectify(clean), box, atol=1e-4, rtol=0)  # float32 TPS weights
     # the paired recipes start as their baselines: same initial recogniser
-    for rectifier in ("stn-paired", "stn-strong", "rare"):
+    for rectifier in ("stn-paired", "stn-strong", "rare-paired"):
         torch.manual_seed(0)
         rect = TASKS[rectifier].build_model()
         torch.manual_seed(0)
