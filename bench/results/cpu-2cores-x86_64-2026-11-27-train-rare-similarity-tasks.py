@@ -25,3 +25,10 @@ for head, strength in (("points", 1.0), ("similarity", 1.0), ("points", 1.5)):
                             warmup_loss=M._WARMUP_LOSS, localizer_step_scale=0.3, head=head, initial_crop=_BOX),
         head), "curved", f"RARE(head={head!r}) starting on the line's box, to 32x100, strength {strength}",
         strength=strength, lr=2e-3, eval_every=150, curriculum_steps=M._CURRICULUM, find_unused_parameters=True)
+
+# the STN (similarity, 32x100) starting on the same box, on the strong affine lines (strength 1.5)
+M._register("stn-box-strong", lambda: M.STNRecognizer(
+    M._C, output_size=(32, 100), localizer_size=(32, 64), transform="similarity", warmup_steps=1000,
+    warmup_loss=M._WARMUP_LOSS, localizer_step_scale=0.3, initial_crop=_BOX), "affine",
+    "similarity STN starting on the line's box, to 32x100, strength 1.5", strength=1.5, lr=2e-3, eval_every=150,
+    curriculum_steps=M._CURRICULUM, find_unused_parameters=True)
