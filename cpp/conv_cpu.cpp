@@ -197,7 +197,7 @@ void dw_forward_nchw(const ConvGeometry& g, const at::Tensor& input, const at::T
   const auto tap_off = flat_tap_offsets(g);
   const int64_t KK = g.KH * g.KW, OHW = g.OH * g.OW;
   at::parallel_for(0, g.N * g.C, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> buf(scratch);
+    std::vector<T> buf(scratch);  // zeros: the planes' padding, which the kernel never writes
     for (int64_t nc = begin; nc < end; ++nc) {
       const int64_t c = nc % g.C;
       kernel(g, in + nc * g.H * g.W, w + c * g.m * KK, b ? b + c * g.m : nullptr, act, out + nc * g.m * OHW,
