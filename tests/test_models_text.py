@@ -287,7 +287,7 @@ def test_rare_similarity_head_moves_the_base_fiducials_rigidly_then_offsets_them
 @pytest.mark.parametrize("head", ["points", "similarity"])
 def test_rare_initial_crop_starts_on_the_central_box(head):
     # the fiducials start on the box (x +-0.5, y +-0.25 of the input): the rectified 32x100 image is
-    # the input's centre [16, 48) x [32, 96) resampled, i.e. bilinear 2:1 vertical / 0.64:1 horizontal
+    # the input's rows [24, 40) x columns [32, 96) resampled, the affine crop of that box
     model = RARE(NUM_CLASSES, head=head, initial_crop=(0.5, 0.25)).eval()
     x = torch.rand(2, 1, 64, 128, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(model.fiducials(x), (rare_fiducials(20) * torch.tensor([0.5, 0.25])).expand(2, 20, 2))
