@@ -129,11 +129,23 @@ void check_conv_grad(const char* op, const at::Tensor& grad, const at::Tensor& i
 // ---------------------------------------------------------------- kernel variants
 
 // Tap offsets of the NCHW forward's pitch-space buffer (conv_cpu_kernels.inc,
-// dw_forward_plane): tap (i, j) reads sub-plane ((i*dh) % sh, (j*dw) % sw) at
+// dw_forward_planes): tap (i, j) reads sub-plane ((i*dh) % sh, (j*dw) % sw) at
 // row (i*dh) / sh, column (j*dw) / sw. A function of the geometry only, computed
 // once per call rather than per plane (the divisions cost more than a 7x7 plane's FMAs).
-std::vector<int64_t> flat_tap_offsets(const ConvGeometry& g) {
-  const int64_t R2 = (g.pt + g.H + g.pb + g.sh - 1) / g.sh, P2 = (g.pl + g.W + g.pr + g.sw - 1) / g.sw;
+// Pitch of those sub-planes for vectors of `lanes` elements: the padded width
+// over the column stride, rounded up to 1, 2, 4 or 8 whole vectors where that
+// adds at most a quarter. Every output row then starts a vector, and the kernel
+// stores rows straight into the output instead of copying them out of a buffer
+// (measured: the copy's store-to-load stalls took a quarter of a 14x14 plane).
+int64_t flat_pitch(const ConvGeometry& g, int64_t lanes) {
+  const int64_t P2 = (g.pl + g.W + g.pr + g.sw - 1) / g.sw;
+  for (int64_t vectors = 1; vectors <= 8; vectors *= 2)
+    if (vectors * lanes >= P2) return 4 * vectors * lanes <= 5 * P2 ? vectors * lanes : P2;
+  return P2;
+}
+
+std::vector<int64_t> flat_tap_offsets(const ConvGeometry& g, int64_t lanes) {
+  const int64_t R2 = (g.pt + g.H + g.pb + g.sh - 1) / g.sh, P2 = flat_pitch(g, lanes);
   std::vector<int64_t> off(g.KH * g.KW);
   for (int64_t i = 0; i < g.KH; ++i)
     for (int64_t j = 0; j < g.KW; ++j)
@@ -174,11 +186,17 @@ namespace {
 
 // ---------------------------------------------------------------- depthwise, NCHW
 
-// scratch of dw_forward_plane for any variant (the widest vectors need the most)
 template <typename T>
-int64_t dw_forward_scratch_widest(const ConvGeometry& g) {
+T* align_to_line(T* p) {
+  return reinterpret_cast<T*>((reinterpret_cast<uintptr_t>(p) + 63) & ~uintptr_t(63));
+}
+
+// scratch of dw_forward_planes for any variant (their pitches differ)
+template <typename T>
+int64_t dw_forward_scratch_any(const ConvGeometry& g) {
 #if VISIONOPS_X86_VARIANTS
-  return conv_avx512::flat_forward_scratch<T>(g);
+  return std::max({conv_avx512::flat_forward_scratch<T>(g), conv_avx2::flat_forward_scratch<T>(g),
+                   conv_generic::flat_forward_scratch<T>(g)});
 #else
   return conv_generic::flat_forward_scratch<T>(g);
 #endif
@@ -192,17 +210,14 @@ void dw_forward_nchw(const ConvGeometry& g, const at::Tensor& input, const at::T
   const scalar_t* w = weight.const_data_ptr<scalar_t>();
   const scalar_t* b = bias.has_value() ? bias->const_data_ptr<scalar_t>() : nullptr;
   scalar_t* out = output.mutable_data_ptr<scalar_t>();
-  const auto kernel = VISIONOPS_CONV_KERNEL_WIDE(dw_forward_plane, T, scalar_t);
-  const int64_t scratch = dw_forward_scratch_widest<T>(g);
-  const auto tap_off = flat_tap_offsets(g);
-  const int64_t KK = g.KH * g.KW, OHW = g.OH * g.OW;
+  const auto kernel = VISIONOPS_CONV_KERNEL_WIDE(dw_forward_planes, T, scalar_t);
+  const int64_t scratch = dw_forward_scratch_any<T>(g);
+  const auto tap_off = flat_tap_offsets(g, VISIONOPS_CONV_KERNEL_WIDE(vector_lanes, T)());
   at::parallel_for(0, g.N * g.C, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> buf(scratch);  // zeros: the planes' padding, which the kernel never writes
-    for (int64_t nc = begin; nc < end; ++nc) {
-      const int64_t c = nc % g.C;
-      kernel(g, in + nc * g.H * g.W, w + c * g.m * KK, b ? b + c * g.m : nullptr, act, out + nc * g.m * OHW,
-             buf.data(), nc + 1 < end, tap_off.data());
-    }
+    // zeros: the planes' padding, which the kernel never writes; rows start on
+    // a cache line where the pitch allows
+    std::vector<T> buf(scratch + 64 / sizeof(T));
+    kernel(g, in, w, b, act, out, align_to_line(buf.data()), begin, end, tap_off.data());
   });
 }
 
