@@ -191,6 +191,17 @@ T* align_to_line(T* p) {
   return reinterpret_cast<T*>((reinterpret_cast<uintptr_t>(p) + 63) & ~uintptr_t(63));
 }
 
+// scratch of dw_weight_grad_planes for any variant
+template <typename T>
+int64_t weight_grad_scratch_any(const ConvGeometry& g) {
+#if VISIONOPS_X86_VARIANTS
+  return std::max({conv_avx512::weight_grad_planes_scratch<T>(g), conv_avx2::weight_grad_planes_scratch<T>(g),
+                   conv_generic::weight_grad_planes_scratch<T>(g)});
+#else
+  return conv_generic::weight_grad_planes_scratch<T>(g);
+#endif
+}
+
 // scratch of dw_forward_planes for any variant (their pitches differ)
 template <typename T>
 int64_t dw_forward_scratch_any(const ConvGeometry& g) {
@@ -247,19 +258,27 @@ void dw_backward_nchw(const ConvGeometry& g, const at::Tensor& grad, const at::T
   const scalar_t* in = input.const_data_ptr<scalar_t>();
   const scalar_t* w = weight.const_data_ptr<scalar_t>();
   const scalar_t* go = grad.const_data_ptr<scalar_t>();
-  scalar_t* gin = grad_input ? grad_input->mutable_data_ptr<scalar_t>() : nullptr;
   const int64_t KK = g.KH * g.KW, OHW = g.OH * g.OW;
   std::vector<T> partial(grad_weight ? g.N * g.OC * KK : 0);
-  const auto kernel = VISIONOPS_CONV_KERNEL(dw_backward_plane, T, scalar_t);
-  const int64_t scratch = conv_generic::backward_scratch<T>(g);
-  at::parallel_for(0, g.N * g.C, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> buf(scratch);
-    for (int64_t nc = begin; nc < end; ++nc) {
-      const int64_t n = nc / g.C, c = nc % g.C;
-      kernel(g, in + nc * g.H * g.W, go + nc * g.m * OHW, w + c * g.m * KK, gin ? gin + nc * g.H * g.W : nullptr,
-             grad_weight ? partial.data() + (n * g.OC + c * g.m) * KK : nullptr, buf.data());
-    }
-  });
+  if (grad_weight) {
+    const auto kernel = VISIONOPS_CONV_KERNEL_WIDE(dw_weight_grad_planes, T, scalar_t);
+    const auto tap_off = flat_tap_offsets(g, VISIONOPS_CONV_KERNEL_WIDE(vector_lanes, T)());
+    const int64_t scratch = weight_grad_scratch_any<T>(g);
+    at::parallel_for(0, g.N * g.C, 1, [&](int64_t begin, int64_t end) {
+      std::vector<T> buf(scratch);  // zeros: the padding and the grad rows' tails, never written
+      kernel(g, in, go, partial.data(), buf.data(), begin, end, tap_off.data());
+    });
+  }
+  if (grad_input) {
+    scalar_t* gin = grad_input->mutable_data_ptr<scalar_t>();
+    const auto kernel = VISIONOPS_CONV_KERNEL(dw_input_grad_plane, T, scalar_t);
+    const int64_t scratch = conv_generic::input_grad_scratch<T>(g);
+    at::parallel_for(0, g.N * g.C, 1, [&](int64_t begin, int64_t end) {
+      std::vector<T> buf(scratch);
+      for (int64_t nc = begin; nc < end; ++nc)
+        kernel(g, go + nc * g.m * OHW, w + nc % g.C * g.m * KK, gin + nc * g.H * g.W, buf.data());
+    });
+  }
   if (!grad_weight) return;
   scalar_t* gw = grad_weight->mutable_data_ptr<scalar_t>();
   at::parallel_for(0, g.OC * KK, 256, [&](int64_t begin, int64_t end) {

@@ -586,6 +586,30 @@ def test_non_finite_weights_skip_the_padding(device, channels_last, k, stride, p
     torch.testing.assert_close(ga.cpu(), torch.from_numpy(expected), equal_nan=True)
     assert torch.isnan(ga).any() and not torch.isnan(ga).all()
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("k,stride,padding,multiplier", [(3, 2, 0, 1), (3, 1, 1, 2), (5, 1, 2, 1), (3, 2, 1, 1)])
+def test_non_finite_inputs_in_the_weight_gradient(device, channels_last, k, stride, padding, multiplier):
+    # an inf in the last input column, which no output reads at (3, 2, 0) (the
+    # NCHW kernel's pitch-space sums would meet it as 0 * inf there), and a NaN
+    # in one plane that outputs do read: the weight gradient takes only the
+    # products an output makes, against the float64 oracle
+    C = 4
+    x = torch.randn(2, C, 9, 8, device=device, dtype=torch.float64)
+    x[0, 0, 3, -1] = float("inf")
+    x[1, 2, 4, 4] = float("nan")
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    w = torch.randn(C * multiplier, 1, k, k, device=device, dtype=torch.float64, requires_grad=True)
+    out = ops.depthwise_conv2d(x, w, None, stride, padding)
+    go = torch.randn_like(out)
+    (gw,) = torch.autograd.grad(out, w, go)
+    expected = ref_conv.depthwise_grad_weight(go.cpu().numpy(), x.cpu().numpy(), tuple(w.shape), stride, padding)
+    torch.testing.assert_close(gw.cpu(), torch.from_numpy(expected), equal_nan=True)
+    # channel 1 (or its outputs) saw neither value: finite
+    assert torch.isfinite(gw[multiplier : 2 * multiplier]).all() and torch.isnan(gw).any()
+
+
 BAD_INPUTS = [
     # (description, op, kwargs override, exception, message fragment)
     ("input 2-D", "conv2d", dict(input=torch.randn(5, 5)), RuntimeError, "input must be a 4-D"),

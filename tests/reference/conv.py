@@ -52,3 +52,15 @@ def depthwise_grad_input(go: np.ndarray, w: np.ndarray, x_shape, stride, padding
     for oh, ow, i, j, ih, iw in _taps(x_shape, w.shape, stride, padding):
         gi[:, :, ih, iw] += w[:, 0, i, j] * go[:, :, oh, ow]
     return gi.reshape(N, C, m, H, W).sum(axis=2)
+
+
+def depthwise_grad_weight(go: np.ndarray, x: np.ndarray, w_shape, stride, padding) -> np.ndarray:
+    """d loss / d w [C * m, 1, KH, KW] for the output gradient go, in float64: only
+    the products an output makes (an inf in a column no output reads stays out)."""
+    go, x = go.astype(np.float64), x.astype(np.float64)
+    m = w_shape[0] // x.shape[1]
+    src = np.repeat(x, m, axis=1)
+    gw = np.zeros(w_shape)
+    for oh, ow, i, j, ih, iw in _taps(x.shape, w_shape, stride, padding):
+        gw[:, 0, i, j] += (go[:, :, oh, ow] * src[:, :, ih, iw]).sum(axis=0)
+    return gw
