@@ -202,6 +202,17 @@ int64_t weight_grad_scratch_any(const ConvGeometry& g) {
 #endif
 }
 
+// scratch of dw_input_grad_strided_planes for any variant
+template <typename T>
+int64_t input_grad_strided_scratch_any(const ConvGeometry& g) {
+#if VISIONOPS_X86_VARIANTS
+  return std::max({conv_avx512::input_grad_strided_scratch<T>(g), conv_avx2::input_grad_strided_scratch<T>(g),
+                   conv_generic::input_grad_strided_scratch<T>(g)});
+#else
+  return conv_generic::input_grad_strided_scratch<T>(g);
+#endif
+}
+
 // scratch of dw_forward_planes for any variant (their pitches differ)
 template <typename T>
 int64_t dw_forward_scratch_any(const ConvGeometry& g) {
@@ -269,7 +280,15 @@ void dw_backward_nchw(const ConvGeometry& g, const at::Tensor& grad, const at::T
       kernel(g, in, go, partial.data(), buf.data(), begin, end, tap_off.data());
     });
   }
-  if (grad_input) {
+  if (grad_input && (g.sh > 1 || g.sw > 1)) {
+    scalar_t* gin = grad_input->mutable_data_ptr<scalar_t>();
+    const auto kernel = VISIONOPS_CONV_KERNEL_WIDE(dw_input_grad_strided_planes, T, scalar_t);
+    const int64_t scratch = input_grad_strided_scratch_any<T>(g);
+    at::parallel_for(0, g.N * g.C, 1, [&](int64_t begin, int64_t end) {
+      std::vector<T> buf(scratch);  // zeros: the grad planes' padding, never written
+      kernel(g, go, w, gin, buf.data(), begin, end);
+    });
+  } else if (grad_input) {
     scalar_t* gin = grad_input->mutable_data_ptr<scalar_t>();
     const auto kernel = VISIONOPS_CONV_KERNEL(dw_input_grad_plane, T, scalar_t);
     const int64_t scratch = conv_generic::input_grad_scratch<T>(g);
@@ -477,7 +496,12 @@ void dw_grad_input_taps_inside(const ConvGeometry& g, const at::Tensor& grad, co
 // kernels on a transposed copy instead (measured faster at 7x7, slower at 14x14;
 // with scalar transposes instead of torch's copies, widening this to outputs
 // narrower than 60 made those layers 1.8-4.6x slower, 2026-11-27).
+// The backward goes by the input's width: since the strided input gradient
+// gathers in pitch space (2026-11-28), the 576x14 stride-2 layer (7 output
+// columns) is faster in NCHW (fwd+bwd 1.62 against 1.93 ms), the 960x7 ones
+// are not (1.62 / 1.94 ms against 0.88-1.18 / 0.54-0.62 ms).
 bool small_planes(const ConvGeometry& g) { return g.m == 1 && g.OW < 10 && g.C >= 8; }
+bool small_planes_backward(const ConvGeometry& g) { return g.m == 1 && g.W < 10 && g.C >= 8; }
 
 // dst[n][p][c] = src[n][c][p] (to_channels_last) or back, for N images of C planes
 // of P pixels (conv_cpu_kernels.inc: transpose_rows); torch's copy to channels_last
@@ -582,7 +606,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> depthwise_conv2d_backward_cpu(
     } else if (cl) {
       dw_backward_cl<scalar_t>(g, go, input.contiguous(fmt), w, output_mask[0] ? &gi : nullptr,
                                output_mask[1] ? &gw : nullptr);
-    } else if (small_planes(g)) {
+    } else if (small_planes_backward(g)) {
       at::Tensor gi_cl = output_mask[0] ? at::empty_like(input, at::MemoryFormat::ChannelsLast) : at::Tensor();
       dw_backward_cl<scalar_t>(g, channels_last_copy<scalar_t>(go), channels_last_copy<scalar_t>(input), w,
                                output_mask[0] ? &gi_cl : nullptr, output_mask[1] ? &gw : nullptr);
