@@ -191,38 +191,14 @@ T* align_to_line(T* p) {
   return reinterpret_cast<T*>((reinterpret_cast<uintptr_t>(p) + 63) & ~uintptr_t(63));
 }
 
-// scratch of dw_weight_grad_planes for any variant
-template <typename T>
-int64_t weight_grad_scratch_any(const ConvGeometry& g) {
+// The scratch elements a kernel needs in any variant, fn<T>(g) the variant's
+// count (their vector widths, and so their pitches, differ).
 #if VISIONOPS_X86_VARIANTS
-  return std::max({conv_avx512::weight_grad_planes_scratch<T>(g), conv_avx2::weight_grad_planes_scratch<T>(g),
-                   conv_generic::weight_grad_planes_scratch<T>(g)});
+#define VISIONOPS_CONV_SCRATCH(fn, T, g) \
+  std::max({conv_avx512::fn<T>(g), conv_avx2::fn<T>(g), conv_generic::fn<T>(g)})
 #else
-  return conv_generic::weight_grad_planes_scratch<T>(g);
+#define VISIONOPS_CONV_SCRATCH(fn, T, g) conv_generic::fn<T>(g)
 #endif
-}
-
-// scratch of dw_input_grad_strided_planes for any variant
-template <typename T>
-int64_t input_grad_strided_scratch_any(const ConvGeometry& g) {
-#if VISIONOPS_X86_VARIANTS
-  return std::max({conv_avx512::input_grad_strided_scratch<T>(g), conv_avx2::input_grad_strided_scratch<T>(g),
-                   conv_generic::input_grad_strided_scratch<T>(g)});
-#else
-  return conv_generic::input_grad_strided_scratch<T>(g);
-#endif
-}
-
-// scratch of dw_forward_planes for any variant (their pitches differ)
-template <typename T>
-int64_t dw_forward_scratch_any(const ConvGeometry& g) {
-#if VISIONOPS_X86_VARIANTS
-  return std::max({conv_avx512::flat_forward_scratch<T>(g), conv_avx2::flat_forward_scratch<T>(g),
-                   conv_generic::flat_forward_scratch<T>(g)});
-#else
-  return conv_generic::flat_forward_scratch<T>(g);
-#endif
-}
 
 template <typename scalar_t>
 void dw_forward_nchw(const ConvGeometry& g, const at::Tensor& input, const at::Tensor& weight,
@@ -233,7 +209,7 @@ void dw_forward_nchw(const ConvGeometry& g, const at::Tensor& input, const at::T
   const scalar_t* b = bias.has_value() ? bias->const_data_ptr<scalar_t>() : nullptr;
   scalar_t* out = output.mutable_data_ptr<scalar_t>();
   const auto kernel = VISIONOPS_CONV_KERNEL_WIDE(dw_forward_planes, T, scalar_t);
-  const int64_t scratch = dw_forward_scratch_any<T>(g);
+  const int64_t scratch = VISIONOPS_CONV_SCRATCH(flat_forward_scratch, T, g);
   const auto tap_off = flat_tap_offsets(g, VISIONOPS_CONV_KERNEL_WIDE(vector_lanes, T)());
   at::parallel_for(0, g.N * g.C, 1, [&](int64_t begin, int64_t end) {
     // zeros: the planes' padding, which the kernel never writes; rows start on
@@ -274,7 +250,7 @@ void dw_backward_nchw(const ConvGeometry& g, const at::Tensor& grad, const at::T
   if (grad_weight) {
     const auto kernel = VISIONOPS_CONV_KERNEL_WIDE(dw_weight_grad_planes, T, scalar_t);
     const auto tap_off = flat_tap_offsets(g, VISIONOPS_CONV_KERNEL_WIDE(vector_lanes, T)());
-    const int64_t scratch = weight_grad_scratch_any<T>(g);
+    const int64_t scratch = VISIONOPS_CONV_SCRATCH(weight_grad_planes_scratch, T, g);
     at::parallel_for(0, g.N * g.C, 1, [&](int64_t begin, int64_t end) {
       std::vector<T> buf(scratch);  // zeros: the padding and the grad rows' tails, never written
       kernel(g, in, go, partial.data(), buf.data(), begin, end, tap_off.data());
@@ -283,7 +259,7 @@ void dw_backward_nchw(const ConvGeometry& g, const at::Tensor& grad, const at::T
   if (grad_input && (g.sh > 1 || g.sw > 1)) {
     scalar_t* gin = grad_input->mutable_data_ptr<scalar_t>();
     const auto kernel = VISIONOPS_CONV_KERNEL_WIDE(dw_input_grad_strided_planes, T, scalar_t);
-    const int64_t scratch = input_grad_strided_scratch_any<T>(g);
+    const int64_t scratch = VISIONOPS_CONV_SCRATCH(input_grad_strided_scratch, T, g);
     at::parallel_for(0, g.N * g.C, 1, [&](int64_t begin, int64_t end) {
       std::vector<T> buf(scratch);  // zeros: the grad planes' padding, never written
       kernel(g, go, w, gin, buf.data(), begin, end);
