@@ -610,6 +610,49 @@ def test_non_finite_inputs_in_the_weight_gradient(device, channels_last, k, stri
     assert torch.isfinite(gw[multiplier : 2 * multiplier]).all() and torch.isnan(gw).any()
 
 
+# The NCHW forward's row-reuse blocks (stride 1 along rows, row dilation 1,
+# kernels of >= 5 rows; conv_cpu_kernels.inc: flat_conv_reuse): blocks of 4 or 5
+# output rows x 1-4 vectors, so heights that leave a partial last block (1, 7,
+# 23), widths of one vector, of several column blocks and with a tail (9, 28,
+# 56, 100, 131), kernel widths unrolled at compile time (5, 7, 13), taken at run
+# time (6, 3) or wider than a vector (17: tap groups), column strides and
+# dilations, multiplier 2, and an inf that must reach only the outputs that read it.
+REUSE_CASES = [
+    # (h, w, kh, kw, stride, padding, dilation, multiplier)
+    (23, 56, 5, 5, 1, 2, 1, 1),
+    (28, 28, 7, 7, 1, 3, 1, 1),
+    (7, 100, 13, 13, 1, 6, 1, 1),
+    (1, 131, 5, 7, 1, (2, 3), 1, 2),
+    (30, 9, 6, 3, 1, 2, 1, 1),
+    (20, 40, 5, 17, 1, (2, 8), 1, 1),
+    (19, 37, 7, 5, (1, 2), 3, (1, 2), 1),
+    (16, 45, 9, 6, (1, 3), 4, 1, 2),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("case", REUSE_CASES, ids=lambda c: "x".join(map(str, c[:4])))
+def test_row_reuse_forward_matches_float64(dtype, case):
+    h, w_, kh, kw, stride, padding, dilation, m = case
+    g = torch.Generator().manual_seed(h * 1000 + w_)
+    C = 3
+    x = torch.randn(2, C, h, w_, generator=g, dtype=torch.float64).to(dtype)
+    x[1, 2, h // 2, w_ // 3] = float("inf")
+    w = torch.randn(C * m, 1, kh, kw, generator=g, dtype=torch.float64).to(dtype)
+    b = torch.randn(C * m, generator=g, dtype=torch.float64).to(dtype)
+    for activation in (None, "relu"):
+        out = ops.depthwise_conv2d(x, w, b, stride, padding, dilation, activation=activation)
+        ref = F.conv2d(x.double(), w.double(), b.double(), stride, padding, dilation, C)
+        if activation == "relu":
+            ref = ref.relu()
+        # float32 / bfloat16 accumulate in float32: <= 13*17 products of O(1)
+        # values, a few ulp of float32 each (and bfloat16's output rounding)
+        tol = {torch.float64: 1e-10, torch.float32: 1e-4, torch.bfloat16: 2e-2}[dtype]
+        torch.testing.assert_close(out.double(), ref.to(dtype).double(), rtol=tol, atol=tol, equal_nan=True)
+        # the inf reaches the outputs whose window holds it (inf or nan there), no others
+        assert (~torch.isfinite(out) == ~torch.isfinite(ref)).all()
+
+
 BAD_INPUTS = [
     # (description, op, kwargs override, exception, message fragment)
     ("input 2-D", "conv2d", dict(input=torch.randn(5, 5)), RuntimeError, "input must be a 4-D"),
