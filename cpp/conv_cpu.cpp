@@ -154,12 +154,17 @@ std::vector<int64_t> flat_tap_offsets(const ConvGeometry& g, int64_t lanes) {
   return off;
 }
 
+// VISIONOPS_REUSE_BLOCKS: the NCHW row-reuse blocks (flat_conv_reuse), which
+// need 16 vector registers or more; not in the generic build (SSE2 pairs).
 #define VISIONOPS_VEC_BYTES 32
+#define VISIONOPS_REUSE_BLOCKS 0
 namespace conv_generic {
 #include "conv_cpu_kernels.inc"
 }  // namespace conv_generic
 
 #if VISIONOPS_X86_VARIANTS
+#undef VISIONOPS_REUSE_BLOCKS
+#define VISIONOPS_REUSE_BLOCKS 1
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
 namespace conv_avx2 {
@@ -178,6 +183,7 @@ namespace conv_avx512 {
 #pragma GCC pop_options
 #endif
 #undef VISIONOPS_VEC_BYTES
+#undef VISIONOPS_REUSE_BLOCKS
 
 namespace {
 
